@@ -1,0 +1,281 @@
+"""Audio I/O: probe, load short clips, stream long recordings, discover files.
+
+Everything returned is float32 mono at the caller's sample rate. Long
+recordings are streamed block by block through one soxr resampler per file,
+so memory does not grow with the recording length (10 h at 48 kHz would be
+7 GB as float32 if decoded at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+logger = logging.getLogger(__name__)
+
+# Seconds of source audio decoded per read in stream_audio: 60 s of 8-channel
+# 384 kHz float32 is ~740 MB at worst, of 1-channel 48 kHz ~11 MB.
+BLOCK_SECONDS = 60.0
+# soxr "HQ" is what librosa's res_type="soxr_hq" uses; training and scanning
+# must resample identically or the model sees a different spectrum.
+RESAMPLE_QUALITY = "HQ"
+# Extensions libsndfile reads under another name than its format name.
+_FORMAT_ALIASES = {"aiff": ("aif", "aifc"), "ogg": ("oga", "opus"), "ircam": ("sf",)}
+# RAW is header-less: libsndfile cannot open it without being told the layout.
+_UNPROBEABLE_FORMATS = frozenset({"raw"})
+# libsndfile's WAV parser notes "data : 192000 (should be 95978)" when the
+# header promises more bytes than the file holds.
+_TRUNCATED_RE = re.compile(r"^\s*data\s*:\s*\d+\s*\(should be \d+\)", re.MULTILINE)
+
+AUDIO_ERROR_KINDS = frozenset(
+    {"empty", "no_samples", "not_audio", "unsupported", "permission", "corrupt", "missing"}
+)
+
+
+class AudioReadError(Exception):
+    """A file that cannot be scanned.
+
+    ``kind`` is one of AUDIO_ERROR_KINDS: "empty" (zero bytes), "no_samples"
+    (valid header, 0 frames), "not_audio" (libsndfile cannot parse it),
+    "unsupported" (an extension libsndfile does not read), "permission",
+    "corrupt" (decode error mid-stream) or "missing".
+    """
+
+    def __init__(self, path: str | Path, kind: str, reason: str) -> None:
+        if kind not in AUDIO_ERROR_KINDS:
+            raise ValueError(f"unknown AudioReadError kind {kind!r}; valid: {sorted(AUDIO_ERROR_KINDS)}")
+        self.path = str(path)
+        self.kind = kind
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file header says, before any decoding."""
+
+    path: str
+    sample_rate: int  # Hz
+    channels: int
+    frames: int  # samples per channel
+    duration_s: float  # frames / sample_rate
+    format: str  # libsndfile major format, e.g. "WAV"
+    subtype: str  # e.g. "PCM_16"
+    comment: str | None  # e.g. AudioMoth's "Recorded at ... (UTC) by AudioMoth ..."
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0:
+            raise ValueError(f"{self.path}: sample_rate must be positive, got {self.sample_rate}")
+        if self.channels <= 0:
+            raise ValueError(f"{self.path}: channels must be positive, got {self.channels}")
+        if self.frames < 0:
+            raise ValueError(f"{self.path}: frames must be >= 0, got {self.frames}")
+
+
+@lru_cache(maxsize=1)
+def audio_extensions() -> frozenset[str]:
+    """Lower-case extensions (no dot) this libsndfile build can read; used for discovery."""
+    formats = {name.lower() for name in sf.available_formats()} - _UNPROBEABLE_FORMATS
+    for name, aliases in _FORMAT_ALIASES.items():
+        if name in formats:
+            formats.update(aliases)
+    return frozenset(formats)
+
+
+def _open(path: str | Path) -> sf.SoundFile:
+    """Open for reading, turning every failure into an AudioReadError with a kind."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:  # surfaces missing/permission before libsndfile's "System error"
+            if not fh.read(1):
+                raise AudioReadError(p, "empty", "file is empty (0 bytes)")
+    except FileNotFoundError as e:
+        raise AudioReadError(p, "missing", "file not found") from e
+    except PermissionError as e:
+        raise AudioReadError(p, "permission", "permission denied") from e
+    except IsADirectoryError as e:
+        raise AudioReadError(p, "not_audio", "is a directory") from e
+    try:
+        return sf.SoundFile(p)
+    except sf.LibsndfileError as e:
+        ext = p.suffix.lower().lstrip(".")
+        if ext not in audio_extensions():
+            raise AudioReadError(p, "unsupported", f"format .{ext} is not readable by libsndfile ({e})") from e
+        raise AudioReadError(p, "not_audio", f"libsndfile cannot parse it ({e})") from e
+
+
+def _info(f: sf.SoundFile, path: str | Path) -> AudioInfo:
+    info = AudioInfo(
+        path=str(path),
+        sample_rate=int(f.samplerate),
+        channels=int(f.channels),
+        frames=int(f.frames),
+        duration_s=f.frames / f.samplerate,
+        format=f.format,
+        subtype=f.subtype,
+        comment=f.comment or None,
+    )
+    if info.frames == 0:
+        raise AudioReadError(path, "no_samples", "header is valid but holds 0 frames")
+    return info
+
+
+def probe(path: str | Path) -> AudioInfo:
+    """Read the header of ``path``; raises AudioReadError if it cannot be scanned.
+
+    A truncated WAV reports the frames actually present, not what its header promised.
+    """
+    with _open(path) as f:
+        return _info(f, path)
+
+
+def _warn_if_truncated(f: sf.SoundFile, path: str | Path) -> None:
+    if _TRUNCATED_RE.search(f.extra_info):
+        logger.warning("%s: truncated file, the header promises more data; reading the %d frames present",
+                       path, f.frames)
+
+
+def _check_rate_and_channel(path: str | Path, sample_rate: int, channel: int | None, channels: int) -> None:
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+    if channel is not None and not 0 <= channel < channels:
+        raise ValueError(f"{path}: channel {channel} out of range, the file has {channels} channel(s) (0-based)")
+
+
+def _mono(block: np.ndarray, channel: int | None) -> np.ndarray:
+    """(frames, channels) -> (frames,) float32, by picking a channel or averaging."""
+    x = block[:, channel] if channel is not None else block.mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _zero_non_finite(x: np.ndarray, path: str | Path, warned: bool) -> bool:
+    """Set NaN/inf samples to 0 in place; log once per file. Returns the new warned flag."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        x[bad] = 0.0
+        if not warned:
+            logger.warning("%s: non-finite samples replaced by 0.0", path)
+        return True
+    return warned
+
+
+def _segment_frames(path: str | Path, start_s: float, end_s: float | None, info: AudioInfo) -> tuple[int, int]:
+    """[first, stop) source frames of the segment, clipped to the file."""
+    if not start_s >= 0 or (end_s is not None and not end_s >= start_s):
+        raise ValueError(f"{path}: need 0 <= start_s <= end_s, got start_s={start_s}, end_s={end_s}")
+    first = min(round(start_s * info.sample_rate), info.frames)
+    stop = info.frames if end_s is None else min(round(end_s * info.sample_rate), info.frames)
+    return first, stop
+
+
+def load_audio(
+    path: str | Path, sample_rate: int, channel: int | None = None, start_s: float = 0.0, end_s: float | None = None
+) -> np.ndarray:
+    """Decode a (short) file or segment to float32 mono at ``sample_rate`` Hz, shape (samples,).
+
+    Down-mixes by mean over channels unless ``channel`` (0-based) picks one.
+    ``start_s``/``end_s`` (seconds, end None = end of file) select a segment,
+    clipped to the file, so a segment past the end gives 0 samples. Use
+    stream_audio for long recordings.
+    """
+    with _open(path) as f:
+        info = _info(f, path)
+        _check_rate_and_channel(path, sample_rate, channel, info.channels)
+        first, stop = _segment_frames(path, start_s, end_s, info)
+        _warn_if_truncated(f, path)
+        try:
+            f.seek(first)
+            data = f.read(stop - first, dtype="float32", always_2d=True)  # (frames, channels)
+        except sf.LibsndfileError as e:
+            raise AudioReadError(path, "corrupt", f"decode error ({e})") from e
+    x = _mono(data, channel)
+    _zero_non_finite(x, path, warned=False)
+    if info.sample_rate != sample_rate and x.size:
+        x = soxr.resample(x, info.sample_rate, sample_rate, quality=RESAMPLE_QUALITY)
+    return x.astype(np.float32, copy=False)
+
+
+def stream_audio(
+    path: str | Path, sample_rate: int, channel: int | None = None, block_seconds: float = BLOCK_SECONDS
+) -> Iterator[np.ndarray]:
+    """Yield float32 mono blocks at ``sample_rate`` Hz; memory is independent of file length.
+
+    One soxr stream per file is flushed at the end, so the concatenated blocks
+    equal load_audio(path, sample_rate, channel) (to ~1e-4). Blocks are never
+    empty but their lengths vary; callers must not assume a fixed size.
+
+    A truncated file is read as far as its data goes, with a logged warning.
+    A decode error raises AudioReadError(kind="corrupt"), possibly after some
+    blocks were already yielded: the caller decides whether to keep them.
+    """
+    if not block_seconds > 0:
+        raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
+    with _open(path) as f:
+        info = _info(f, path)
+        _check_rate_and_channel(path, sample_rate, channel, info.channels)
+        _warn_if_truncated(f, path)
+        block_frames = max(1, round(block_seconds * info.sample_rate))
+        resampler = None
+        if info.sample_rate != sample_rate:
+            resampler = soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32",
+                                            quality=RESAMPLE_QUALITY)
+        warned = False
+        while True:
+            try:
+                block = f.read(block_frames, dtype="float32", always_2d=True)  # (frames, channels)
+            except sf.LibsndfileError as e:
+                raise AudioReadError(path, "corrupt", f"decode error at frame {f.tell()} ({e})") from e
+            last = len(block) < block_frames
+            x = _mono(block, channel)
+            warned = _zero_non_finite(x, path, warned)
+            if resampler is not None:
+                x = resampler.resample_chunk(x, last=last)
+            if x.size:
+                yield x
+            if last:
+                return
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _walk_audio(root: Path) -> list[Path]:
+    """Audio files under root, hidden files and folders skipped, sorted by relative path."""
+    extensions = audio_extensions()
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not _is_hidden(d)]
+        for name in files:
+            if not _is_hidden(name) and Path(name).suffix.lower().lstrip(".") in extensions:
+                found.append(Path(folder) / name)
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
+
+
+def find_audio_files(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """Expand files and folders into (root, path) pairs, in argument order.
+
+    A folder is recursed (sorted, hidden entries skipped, extensions matched
+    case-insensitively against audio_extensions()) and is the root of what it
+    holds, so outputs can mirror ``path.relative_to(root)``. A file is returned
+    with its parent as root even if its extension is unknown, so that it fails
+    visibly later. A missing path raises FileNotFoundError.
+    """
+    pairs: list[tuple[Path, Path]] = []
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            pairs.extend((p, f) for f in _walk_audio(p))
+        elif p.exists():
+            pairs.append((p.parent, p))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return pairs

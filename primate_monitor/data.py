@@ -1,0 +1,228 @@
+"""Labelled clips in three layouts, decoded once and cached.
+
+- ``compare``: the ComParE 2021 layout, ``ROOT/wav/*.wav`` plus ``ROOT/lab/<split>.csv``
+  with columns ``filename,label`` (``?`` means unlabelled, as in the challenge's test split).
+- ``folders``: ``ROOT/<class>/*.wav`` or ``ROOT/<split>/<class>/*.wav``.
+- ``raven``: long recordings with Raven selection tables beside them; each selection
+  becomes a clip, and unannotated stretches can become the reject class.
+
+Without a devel split (folders or raven without split folders), a seeded
+``devel_fraction`` of the recordings is held out, by recording so nothing leaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .audio import find_audio_files, probe
+from .config import TrainConfig
+from .raven import read_selection_table
+
+logger = logging.getLogger(__name__)
+
+UNLABELLED = "?"
+SPLIT_NAMES = ("train", "devel", "test")
+
+
+class DataError(ValueError):
+    """Labelled data that cannot be used; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One labelled stretch of audio: a whole file, or [start_s, end_s) of a long one."""
+
+    path: Path
+    label: str
+    start_s: float = 0.0
+    end_s: float | None = None  # None: to the end of the file
+
+    @property
+    def name(self) -> str:
+        """The name shown in predictions: the file name, plus the stretch for Raven clips."""
+        if self.end_s is None and self.start_s == 0.0:
+            return self.path.name
+        return f"{self.path.name}@{self.start_s:.3f}-{self.end_s:.3f}"
+
+
+Splits = dict[str, list[Clip]]
+
+
+def detect_format(root: Path) -> str:
+    """Guess the layout: ``lab/`` means compare; selection tables mean raven; else folders."""
+    if (root / "lab").is_dir() or (root / "wav").is_dir():
+        return "compare"
+    if any(_is_selection_table(p) for p in root.rglob("*") if p.suffix.lower() in (".txt", ".csv")):
+        return "raven"
+    return "folders"
+
+
+def load_splits(root: str | Path, config: TrainConfig) -> Splits:
+    """Read every split of a labelled data set; classes are checked by ``check_classes``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    fmt = config.data_format if config.data_format != "auto" else detect_format(root)
+    loaders = {"compare": load_compare, "folders": load_folders, "raven": load_raven}
+    splits = loaders[fmt](root, config)
+    logger.info("data %s (%s layout): %s", root, fmt, {k: len(v) for k, v in splits.items()})
+    return splits
+
+
+def load_compare(root: Path, config: TrainConfig) -> Splits:
+    lab, wav = root / "lab", root / "wav"
+    if not lab.is_dir():
+        raise DataError(f"{root}: missing lab/ folder with train.csv and devel.csv (ComParE layout)")
+    splits: Splits = {}
+    for csv in sorted(lab.glob("*.csv")):
+        try:
+            table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{csv}: cannot read label file: {e}") from e
+        missing = {"filename", "label"} - set(table.columns)
+        if missing:
+            raise DataError(f"{csv}: missing column(s) {sorted(missing)}; expected filename,label")
+        splits[csv.stem] = [Clip(wav / f.strip(), lab_.strip()) for f, lab_ in zip(table["filename"], table["label"])]
+    if not splits:
+        raise DataError(f"{lab}: no label files (expected {config.train_split}.csv, {config.devel_split}.csv)")
+    for name in (config.train_split, config.devel_split):
+        if name not in splits:
+            logger.info("%s: no %s.csv", lab, name)
+    return splits
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files_by_class(folder: Path) -> list[Clip]:
+    clips = []
+    for class_dir in _class_folders(folder):
+        files = [p for _, p in find_audio_files([class_dir])]
+        if not files:
+            raise DataError(f"{class_dir}: class folder {class_dir.name!r} holds no audio file")
+        clips += [Clip(p, class_dir.name) for p in files]
+    return clips
+
+
+def load_folders(root: Path, config: TrainConfig) -> Splits:
+    subdirs = {p.name for p in _class_folders(root)}
+    if config.train_split in subdirs:
+        return {s: _files_by_class(root / s) for s in sorted(subdirs) if s in SPLIT_NAMES or s in (config.train_split, config.devel_split)}
+    clips = _files_by_class(root)
+    if not clips:
+        raise DataError(f"{root}: no class folders with audio found")
+    return hold_out({config.train_split: clips}, config)
+
+
+def hold_out(splits: Splits, config: TrainConfig) -> Splits:
+    """Move a seeded ``devel_fraction`` of recordings (not clips) from train to devel."""
+    clips = splits[config.train_split]
+    recordings = sorted({c.path for c in clips}, key=lambda p: zlib.crc32(f"{config.seed}:{p.name}".encode()))
+    n_devel = max(1, round(len(recordings) * config.devel_fraction)) if len(recordings) > 1 else 0
+    devel_paths = set(recordings[:n_devel])
+    logger.info("no %s split: holding out %d of %d recordings as %s", config.devel_split, n_devel, len(recordings), config.devel_split)
+    return {
+        config.train_split: [c for c in clips if c.path not in devel_paths],
+        config.devel_split: [c for c in clips if c.path in devel_paths],
+    }
+
+
+def _is_selection_table(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            return "Begin Time (s)" in f.readline()
+    except OSError:
+        return False
+
+
+def _table_audio(table_path: Path, table: pd.DataFrame, audio_by_name: dict[str, Path]) -> Path:
+    """The recording a table annotates: its Begin Path's file name, else the table name's prefix."""
+    if "Begin Path" in table.columns and len(table):
+        name = str(table["Begin Path"].iloc[0]).replace("\\", "/").rsplit("/", 1)[-1].lower()
+        if name in audio_by_name:
+            return audio_by_name[name]
+    for name, path in audio_by_name.items():
+        if table_path.name.lower().startswith(Path(name).stem + "."):
+            return path
+    raise DataError(f"{table_path}: cannot find the recording this selection table annotates under its folder")
+
+
+def _selection_clips(audio: Path, table: pd.DataFrame, config: TrainConfig, table_path: Path) -> list[Clip]:
+    if config.raven_label_column not in table.columns:
+        raise DataError(f"{table_path}: no label column {config.raven_label_column!r}; columns are {list(table.columns)} (set raven_label_column)")
+    clips = []
+    for begin, end, label in zip(table["Begin Time (s)"], table["End Time (s)"], table[config.raven_label_column]):
+        label = str(label).strip()
+        if not label or label.lower() == "nan" or end <= begin:
+            raise DataError(f"{table_path}: selection {begin:.3f}-{end:.3f} s has no label or no duration")
+        # a selection shorter than a clip gets a clip centred on it
+        pad = max(0.0, (config.clip_seconds - (end - begin)) / 2)
+        clips.append(Clip(audio, label, max(0.0, begin - pad), end + pad))
+    return clips
+
+
+def _background_clips(audio: Path, selections: list[Clip], config: TrainConfig) -> list[Clip]:
+    """Evenly spaced clip-length stretches that touch no selection (the reject class)."""
+    duration = probe(audio).duration_s
+    busy = sorted((c.start_s, c.end_s or duration) for c in selections)
+    starts = np.arange(0.0, max(0.0, duration - config.clip_seconds) + 1e-9, config.clip_seconds)
+    free = [s for s in starts if all(s + config.clip_seconds <= b or s >= e for b, e in busy)]
+    step = max(1, len(free) // max(1, config.raven_background_per_file))
+    return [Clip(audio, config.reject_class, float(s), float(s) + config.clip_seconds) for s in free[::step][: config.raven_background_per_file]]
+
+
+def load_raven(root: Path, config: TrainConfig) -> Splits:
+    subdirs = {p.name for p in _class_folders(root)}
+    if config.train_split in subdirs:
+        return {s: _raven_clips(root / s, config) for s in sorted(subdirs) if s in SPLIT_NAMES}
+    return hold_out({config.train_split: _raven_clips(root, config)}, config)
+
+
+def _raven_clips(folder: Path, config: TrainConfig) -> list[Clip]:
+    audio_by_name = {p.name.lower(): p for _, p in find_audio_files([folder])}
+    clips: list[Clip] = []
+    for table_path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".txt", ".csv") and _is_selection_table(p)):
+        table = read_selection_table(table_path)
+        audio = _table_audio(table_path, table, audio_by_name)
+        selections = _selection_clips(audio, table, config, table_path)
+        clips += selections
+        if config.raven_background:
+            clips += _background_clips(audio, selections, config)
+    if not clips:
+        raise DataError(f"{folder}: no Raven selection tables with selections found")
+    return clips
+
+
+def check_classes(splits: Splits, config: TrainConfig) -> list[str]:
+    """Sorted training classes; every labelled clip of another split must use one of them."""
+    train = splits.get(config.train_split, [])
+    if not train:
+        raise DataError(f"split {config.train_split!r} is empty")
+    bad = [c for c in train if c.label == UNLABELLED]
+    if bad:
+        raise DataError(f"{bad[0].path}: training clip labelled {UNLABELLED!r} (unlabelled clips belong in test)")
+    classes = sorted({c.label for c in train})
+    if len(classes) < 2:
+        raise DataError(f"training data has only the class(es) {classes}; at least two are needed")
+    for split, clips in splits.items():
+        for clip in clips:
+            if clip.label != UNLABELLED and clip.label not in classes:
+                raise DataError(
+                    f"{clip.path}: label {clip.label!r} in split {split!r} has no training clip; training classes are {classes}"
+                )
+    if config.reject_class not in classes:
+        logger.warning("reject class %r is not among the training classes %s: every window will be called a species", config.reject_class, classes)
+    return classes
+
+
+def summarize(splits: Splits) -> dict[str, dict[str, int]]:
+    """Clip counts per split and class, stored in the checkpoint."""
+    return {split: dict(sorted(Counter(c.label for c in clips).items())) for split, clips in splits.items()}

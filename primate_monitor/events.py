@@ -1,0 +1,176 @@
+"""Windows -> detection events: threshold each species, then merge nearby windows."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_THRESHOLD = 0.5  # score in [0, 1] at or above which a window is a detection
+# Window starts are floats (start_samples / sample_rate); windows that touch
+# exactly (hop == window) can show a gap of ~1e-15 s and must still merge.
+GAP_TOLERANCE_S = 1e-6
+
+EVENT_DTYPES: dict[str, str] = {
+    "species": "str",
+    "begin_s": "float64",
+    "end_s": "float64",
+    "peak_score": "float64",
+    "mean_score": "float64",
+    "n_windows": "int64",
+}
+
+
+def _check_threshold(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"threshold for {name} must be a number in [0, 1], got {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"threshold for {name} must be in [0, 1], got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class EventOptions:
+    """How window scores become events. Validated on construction."""
+
+    threshold: float = DEFAULT_THRESHOLD  # default per-class score threshold, in [0, 1]
+    # per-class overrides, species -> threshold; stored read-only, excluded from hash
+    class_thresholds: Mapping[str, float] = field(default_factory=dict, hash=False)
+    classes: tuple[str, ...] | None = None  # only report these species (None = all but the reject class)
+    min_windows: int = 1  # drop events with fewer detected windows
+    max_gap_s: float = 0.0  # merge when the next detected window starts <= this many s after the event's end
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", _check_threshold("default", self.threshold))
+        overrides = {str(k): _check_threshold(repr(k), v) for k, v in dict(self.class_thresholds).items()}
+        object.__setattr__(self, "class_thresholds", MappingProxyType(overrides))
+        if self.classes is not None:
+            if isinstance(self.classes, str):
+                raise ValueError(f"classes must be a sequence of species names, not the string {self.classes!r}")
+            if len(self.classes) == 0:
+                raise ValueError("classes must not be empty; use None to report all species")
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if isinstance(self.min_windows, bool) or not isinstance(self.min_windows, (int, np.integer)) \
+                or self.min_windows < 1:
+            raise ValueError(f"min_windows must be an int >= 1, got {self.min_windows!r}")
+        if not isinstance(self.max_gap_s, (int, float)) or not math.isfinite(self.max_gap_s) or self.max_gap_s < 0:
+            raise ValueError(f"max_gap_s must be a finite number of seconds >= 0, got {self.max_gap_s!r}")
+
+    def threshold_for(self, species: str) -> float:
+        """The score threshold for ``species``: its override, else the default."""
+        return self.class_thresholds.get(species, self.threshold)
+
+
+def parse_thresholds(values: Sequence[str]) -> tuple[float, dict[str, float]]:
+    """Parse CLI items like ["0.6", "chimpanzee=0.7"] into (default, overrides).
+
+    The default is DEFAULT_THRESHOLD when no bare number is given.
+    """
+    default: float | None = None
+    overrides: dict[str, float] = {}
+    for item in values:
+        name, sep, number = item.rpartition("=")
+        name = name.strip()
+        try:
+            value = float(number)
+        except ValueError as e:
+            raise ValueError(f"bad threshold {item!r}: expected NUMBER or SPECIES=NUMBER") from e
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"bad threshold {item!r}: must be in [0, 1]")
+        if not sep:
+            if default is not None:
+                raise ValueError(f"bad threshold {item!r}: a default threshold was already given ({default})")
+            default = value
+        elif not name:
+            raise ValueError(f"bad threshold {item!r}: empty species name")
+        elif name in overrides:
+            raise ValueError(f"bad threshold {item!r}: {name!r} given twice")
+        else:
+            overrides[name] = value
+    return (DEFAULT_THRESHOLD if default is None else default), overrides
+
+
+def validate_options(options: EventOptions, classes: Sequence[str], reject_class: str | None) -> None:
+    """Raise ValueError if options name a species the model does not report."""
+    if reject_class is not None and reject_class not in classes:
+        raise ValueError(f"reject class {reject_class!r} is not one of the model classes {list(classes)}")
+    valid = [c for c in classes if c != reject_class]
+    named = list(options.classes or ()) + list(options.class_thresholds)
+    unknown = sorted({c for c in named if c not in valid})
+    if unknown:
+        raise ValueError(f"unknown species {unknown}; valid species: {valid}")
+
+
+def empty_events() -> pd.DataFrame:
+    """A 0-row events frame with the columns and dtypes detect_events returns."""
+    return pd.DataFrame({col: pd.Series([], dtype=dtype) for col, dtype in EVENT_DTYPES.items()})
+
+
+def _species_events(starts_s: np.ndarray, window_s: float, duration_s: float, species_scores: np.ndarray,
+                    threshold: float, max_gap_s: float) -> dict[str, np.ndarray] | None:
+    """Events of one species as column arrays, or None if it has no detected window."""
+    idx = np.flatnonzero(species_scores >= threshold)
+    if idx.size == 0:
+        return None
+    s = starts_s[idx]
+    score = species_scores[idx].astype(np.float64)
+    # windows have one length and are sorted, so the event's end is its last window's end
+    gap = s[1:] - (s[:-1] + window_s)
+    first = np.flatnonzero(np.concatenate(([True], gap > max_gap_s + GAP_TOLERANCE_S)))  # event heads
+    last = np.append(first[1:], s.size) - 1
+    n = last - first + 1
+    return {
+        "begin_s": s[first],
+        "end_s": np.minimum(s[last] + window_s, duration_s),
+        "peak_score": np.maximum.reduceat(score, first),
+        "mean_score": np.add.reduceat(score, first) / n,
+        "n_windows": n.astype(np.int64),
+    }
+
+
+def _check_inputs(starts_s: np.ndarray, window_s: float, duration_s: float, scores: np.ndarray,
+                  classes: Sequence[str]) -> None:
+    if scores.ndim != 2 or scores.shape != (starts_s.shape[0], len(classes)):
+        raise ValueError(f"scores must have shape (n_windows, n_classes) = ({starts_s.shape[0]}, {len(classes)}), "
+                         f"got {scores.shape}")
+    if not window_s > 0 or not duration_s >= 0:
+        raise ValueError(f"window_s must be > 0 and duration_s >= 0, got {window_s}, {duration_s}")
+    if starts_s.size > 1 and np.any(np.diff(starts_s) < 0):
+        raise ValueError("starts_s must be sorted ascending")
+
+
+def detect_events(starts_s: np.ndarray, window_s: float, duration_s: float, scores: np.ndarray,
+                  classes: Sequence[str], reject_class: str | None, options: EventOptions) -> pd.DataFrame:
+    """Turn per-window scores into per-species events.
+
+    starts_s: (n_windows,) window starts in s, ascending; window_s: window length in s;
+    duration_s: recording length in s (clips the last event's end); scores:
+    (n_windows, n_classes) in ``classes`` order. A window is a detection of a
+    species (not reject_class, selected by options.classes) when its score is
+    >= options.threshold_for(species). Per species, detections merge while
+    next start - current end <= options.max_gap_s (overlapping windows always
+    merge). Returns columns EVENT_DTYPES, sorted by begin_s then species.
+    """
+    starts_s = np.asarray(starts_s, dtype=np.float64)
+    scores = np.asarray(scores)
+    _check_inputs(starts_s, window_s, duration_s, scores, classes)
+    validate_options(options, classes, reject_class)
+    frames = []
+    for j, species in enumerate(classes):
+        if species == reject_class or (options.classes is not None and species not in options.classes):
+            continue
+        cols = _species_events(starts_s, window_s, duration_s, scores[:, j], options.threshold_for(species),
+                               options.max_gap_s)
+        if cols is not None:
+            frames.append(pd.DataFrame({"species": species, **cols}))
+    if not frames:
+        return empty_events()
+    events = pd.concat(frames, ignore_index=True)
+    events = events[events["n_windows"] >= options.min_windows]
+    events = events.sort_values(["begin_s", "species"], kind="mergesort", ignore_index=True)
+    return events.astype(EVENT_DTYPES)[list(EVENT_DTYPES)]

@@ -1,0 +1,228 @@
+"""Output formats: one small ResultWriter subclass per format, in the WRITERS registry.
+
+Every file is written atomically (temp file + os.replace), so an interrupted
+run never leaves a half-written table that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .fsutil import atomic_write
+from .raven import RAVEN_COLUMNS
+
+EVENT_SCHEMA = pa.schema([
+    ("recording", pa.string()),  # path relative to the scanned root
+    ("recording_path", pa.string()),  # absolute path
+    ("recording_start", pa.timestamp("us", tz="UTC")),  # null when unknown
+    ("begin_s", pa.float64()),  # seconds from the start of the recording
+    ("end_s", pa.float64()),
+    ("begin_time", pa.timestamp("us", tz="UTC")),  # recording_start + begin_s, or null
+    ("end_time", pa.timestamp("us", tz="UTC")),
+    ("species", pa.string()),
+    ("peak_score", pa.float64()),
+    ("mean_score", pa.float64()),
+    ("n_windows", pa.int64()),
+    ("low_freq_hz", pa.float64()),  # band the model looked at, for the Raven box
+    ("high_freq_hz", pa.float64()),
+    ("model", pa.string()),
+])
+EVENT_COLUMNS = tuple(EVENT_SCHEMA.names)
+TIME_COLUMNS = ("recording_start", "begin_time", "end_time")
+METADATA_KEY = "primate_monitor"  # Parquet key-value metadata key holding the JSON run parameters
+RAVEN_HEADER = (*RAVEN_COLUMNS, "Species", "Score", "Begin Path", "File Offset (s)")
+RAVEN_VIEW = "Spectrogram 1"
+RAVEN_CHANNEL = "1"  # scans down-mix to mono, so every box is on channel 1
+
+
+def _check_columns(events: pd.DataFrame, needed: Sequence[str] = EVENT_COLUMNS) -> None:
+    missing = [c for c in needed if c not in events.columns]
+    if missing:
+        raise ValueError(f"events lack column(s) {missing}; expected {list(needed)}")
+
+
+def _fmt(values: pd.Series, spec: str) -> pd.Series:
+    return values.astype("float64").map(spec.format).astype(str)  # astype: an empty map stays float
+
+
+def _in_order(events: pd.DataFrame) -> pd.DataFrame:
+    return events.sort_values(["begin_s", "species"], kind="mergesort", ignore_index=True)
+
+
+def _write_tsv(lines: pd.DataFrame, path: Path, header: bool) -> None:
+    """Tab-separated, \\n line ends; refuses values that would break the layout."""
+    text = lines.astype(str)
+    for col in text.columns:
+        if text[col].str.contains(r"[\t\r\n]", regex=True).any():
+            raise ValueError(f"column {col!r} has a value containing a tab or newline")
+    rows = ["\t".join(map(str, lines.columns))] if header else []
+    rows += ["\t".join(row) for row in text.itertuples(index=False, name=None)]
+    path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
+class ResultWriter:
+    """Base writer: owns output paths and atomic writing; subclasses override write_events."""
+
+    suffix: ClassVar[str]  # appended to the recording's relative path, or the flat file name
+    per_recording: ClassVar[bool] = False  # one file per recording (True) or one file for the run
+
+    def write_events(self, events: pd.DataFrame, path: Path) -> None:
+        """Write ``events`` to the new file ``path``. The one method subclasses override."""
+        raise NotImplementedError
+
+    def write(self, events: pd.DataFrame, path: str | Path) -> Path:
+        """Write ``events`` atomically to ``path`` (parent folders created); returns ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            self.write_events(events, tmp)
+        return path
+
+    def write_all(self, events: pd.DataFrame, recordings: Sequence[tuple[str, str]], out_dir: str | Path) -> list[Path]:
+        """Write the run's outputs under ``out_dir``; returns the paths written.
+
+        ``recordings`` are (relative, absolute) paths of every scanned file.
+        Per-recording formats write ``out_dir/<relative><suffix>`` for each,
+        even with no events; flat formats write ``out_dir/events<suffix>``.
+        """
+        out_dir = Path(out_dir)
+        if not self.per_recording:
+            return [self.write(events, out_dir / f"events{self.suffix}")]
+        _check_columns(events, ("recording",))
+        rels = [rel for rel, _ in recordings]
+        duplicates = sorted(rel for rel, n in Counter(rels).items() if n > 1)
+        if duplicates:
+            raise ValueError(f"recordings listed twice, outputs would collide: {duplicates}")
+        unlisted = sorted(set(events["recording"]) - set(rels))
+        if unlisted:
+            raise ValueError(f"events for recordings not in the list: {unlisted}")
+        groups = {rel: frame for rel, frame in events.groupby("recording", sort=False)}
+        return [self.write(groups.get(rel, events.iloc[:0]), out_dir / f"{rel}{self.suffix}") for rel in rels]
+
+
+class RavenWriter(ResultWriter):
+    """Raven Pro selection table for one recording; times in s from the file start."""
+
+    suffix = ".selections.txt"
+    per_recording = True
+
+    def write_events(self, events: pd.DataFrame, path: Path) -> None:
+        _check_columns(events, ("recording_path", "begin_s", "end_s", "species", "peak_score",
+                                "low_freq_hz", "high_freq_hz"))
+        events = _in_order(events)
+        freqs = events[["low_freq_hz", "high_freq_hz"]].astype("float64").to_numpy()
+        if not np.isfinite(freqs).all():
+            raise ValueError("low_freq_hz/high_freq_hz must be finite for Raven boxes")
+        table = pd.DataFrame({
+            "Selection": pd.Series(np.arange(1, len(events) + 1)).astype(str),
+            "View": RAVEN_VIEW,
+            "Channel": RAVEN_CHANNEL,
+            "Begin Time (s)": _fmt(events["begin_s"], "{:.6f}"),  # µs: finer than any sample period used
+            "End Time (s)": _fmt(events["end_s"], "{:.6f}"),
+            "Low Freq (Hz)": _fmt(events["low_freq_hz"], "{:.1f}"),
+            "High Freq (Hz)": _fmt(events["high_freq_hz"], "{:.1f}"),
+            "Species": events["species"].astype(str),
+            "Score": _fmt(events["peak_score"], "{:.4f}"),
+            "Begin Path": events["recording_path"].astype(str),
+            "File Offset (s)": _fmt(events["begin_s"], "{:.6f}"),
+        }, columns=list(RAVEN_HEADER))
+        _write_tsv(table, path, header=True)
+
+
+class AudacityWriter(ResultWriter):
+    """Audacity label track for one recording: begin, end, "species (score)"; no header."""
+
+    suffix = ".labels.txt"
+    per_recording = True
+
+    def write_events(self, events: pd.DataFrame, path: Path) -> None:
+        _check_columns(events, ("begin_s", "end_s", "species", "peak_score"))
+        events = _in_order(events)
+        labels = events["species"].astype(str) + " (" + _fmt(events["peak_score"], "{:.2f}") + ")"
+        table = pd.DataFrame({"begin": _fmt(events["begin_s"], "{:.6f}"),
+                              "end": _fmt(events["end_s"], "{:.6f}"), "label": labels})
+        _write_tsv(table, path, header=False)
+
+
+class CsvWriter(ResultWriter):
+    """One flat CSV of all events of the run, columns EVENT_COLUMNS, times ISO 8601 UTC."""
+
+    suffix = ".csv"
+
+    def write_events(self, events: pd.DataFrame, path: Path) -> None:
+        _check_columns(events)
+        events[list(EVENT_COLUMNS)].to_csv(path, index=False, lineterminator="\n")
+
+
+def _to_arrow(events: pd.DataFrame, metadata: Mapping[str, Any]) -> pa.Table:
+    _check_columns(events)
+    frame = events[list(EVENT_COLUMNS)].copy()
+    for col in TIME_COLUMNS:  # to µs, as EVENT_SCHEMA stores; NaT stays null
+        frame[col] = pd.to_datetime(frame[col], utc=True).dt.round("us")
+    table = pa.Table.from_pandas(frame, schema=EVENT_SCHEMA, preserve_index=False)
+    kv = dict(table.schema.metadata or {})
+    kv[METADATA_KEY.encode()] = json.dumps(dict(metadata), sort_keys=True).encode()
+    return table.replace_schema_metadata(kv)
+
+
+class ParquetWriter(ResultWriter):
+    """One Parquet file of all events, schema EVENT_SCHEMA, run parameters as JSON metadata."""
+
+    suffix = ".parquet"
+
+    def __init__(self, metadata: Mapping[str, Any] | None = None) -> None:
+        self.metadata = dict(metadata or {})  # JSON-serialisable run parameters
+
+    def write_events(self, events: pd.DataFrame, path: Path) -> None:
+        pq.write_table(_to_arrow(events, self.metadata), path)
+
+
+WRITERS: dict[str, type[ResultWriter]] = {
+    "raven": RavenWriter,
+    "csv": CsvWriter,
+    "audacity": AudacityWriter,
+    "parquet": ParquetWriter,
+}
+
+
+def get_writer(name: str) -> type[ResultWriter]:
+    """The writer class registered as ``name``; ValueError listing the valid names."""
+    try:
+        return WRITERS[name]
+    except KeyError as e:
+        raise ValueError(f"unknown output format {name!r}; valid: {sorted(WRITERS)}") from e
+
+
+def write_raven_tables(events: pd.DataFrame, recordings: Sequence[tuple[str, str]], out_dir: str | Path) -> list[Path]:
+    """Write ``out_dir/<relative>.selections.txt`` for every (relative, absolute) recording."""
+    return RavenWriter().write_all(events, recordings, out_dir)
+
+
+def write_parquet(events: pd.DataFrame, path: str | Path, metadata: Mapping[str, Any]) -> Path:
+    """Write events with EVENT_SCHEMA and ``metadata`` as JSON under key METADATA_KEY."""
+    return ParquetWriter(metadata).write(events, path)
+
+
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    """Read an events Parquet file; the run parameters are in ``.attrs[METADATA_KEY]`` (a dict)."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"{path}: cannot read as Parquet ({e})") from e
+    missing = [c for c in EVENT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: not an events file, missing column(s) {missing}")
+    events = table.to_pandas()
+    raw = (table.schema.metadata or {}).get(METADATA_KEY.encode())
+    events.attrs[METADATA_KEY] = json.loads(raw) if raw is not None else {}
+    return events

@@ -1,0 +1,247 @@
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from primate_monitor import audio
+from primate_monitor.audio import (
+    AudioReadError,
+    audio_extensions,
+    find_audio_files,
+    load_audio,
+    probe,
+    stream_audio,
+)
+
+SR_IN = 44_100
+SR_OUT = 32_000
+
+
+def _tone(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * 440 * t)[:, None] + 0.05 * rng.standard_normal((t.size, channels))
+    return x.astype(np.float32)
+
+
+@pytest.fixture
+def stereo_wav(tmp_path: Path) -> Path:
+    path = tmp_path / "stereo.wav"
+    sf.write(path, _tone(2.5, SR_IN, channels=2), SR_IN, subtype="FLOAT")
+    return path
+
+
+def test_probe_reads_header_and_audiomoth_comment(tmp_path: Path) -> None:
+    path = tmp_path / "20240312_053000.WAV"
+    comment = "Recorded at 05:30:00 12/03/2024 (UTC) by AudioMoth 24A"
+    with sf.SoundFile(path, "w", 48_000, 1, "PCM_16", format="WAV") as f:
+        f.comment = comment
+        f.write(np.zeros(4800, dtype=np.float32))
+    info = probe(path)
+    assert (info.sample_rate, info.channels, info.frames) == (48_000, 1, 4800)
+    assert info.duration_s == pytest.approx(0.1)
+    assert (info.format, info.subtype) == ("WAV", "PCM_16")
+    assert info.comment == comment
+
+
+def test_probe_without_comment_gives_none(stereo_wav: Path) -> None:
+    assert probe(stereo_wav).comment is None
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kind"),
+    [
+        ("empty.wav", b"", "empty"),
+        ("random.wav", bytes(range(256)) * 8, "not_audio"),
+        ("clip.m4a", b"\x00\x00\x00\x20ftypM4A " + b"\x00" * 500, "unsupported"),
+    ],
+)
+def test_probe_classifies_unreadable_files(tmp_path: Path, name: str, content: bytes, kind: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(AudioReadError) as err:
+        probe(path)
+    assert err.value.kind == kind
+    assert err.value.path == str(path)
+    assert name in str(err.value)
+
+
+def test_probe_missing_and_no_samples(tmp_path: Path) -> None:
+    with pytest.raises(AudioReadError) as err:
+        probe(tmp_path / "nope.wav")
+    assert err.value.kind == "missing"
+    sf.write(tmp_path / "zero.wav", np.zeros((0, 1), dtype=np.float32), 8000)
+    with pytest.raises(AudioReadError) as err:
+        probe(tmp_path / "zero.wav")
+    assert err.value.kind == "no_samples"
+
+
+def test_permission_error_is_classified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # root ignores file modes, so simulate the OS refusing the open
+    path = tmp_path / "locked.wav"
+    path.write_bytes(b"x")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(audio, "open", refuse, raising=False)
+    with pytest.raises(AudioReadError) as err:
+        probe(path)
+    assert err.value.kind == "permission"
+
+
+def test_unknown_kind_is_rejected() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        AudioReadError("x.wav", "bogus", "why")
+
+
+def test_load_audio_mixes_down_and_resamples(stereo_wav: Path) -> None:
+    x = sf.read(stereo_wav, dtype="float32")[0]
+    expected = soxr.resample(x.mean(axis=1), SR_IN, SR_OUT, quality="HQ")
+    y = load_audio(stereo_wav, SR_OUT)
+    assert y.dtype == np.float32 and y.ndim == 1
+    assert y.shape[0] == pytest.approx(2.5 * SR_OUT, abs=1)
+    np.testing.assert_allclose(y, expected, atol=1e-6)
+
+
+def test_load_audio_picks_channel_and_checks_range(stereo_wav: Path) -> None:
+    x = sf.read(stereo_wav, dtype="float32")[0]
+    np.testing.assert_array_equal(load_audio(stereo_wav, SR_IN, channel=1), x[:, 1])
+    with pytest.raises(ValueError, match="channel 2 out of range"):
+        load_audio(stereo_wav, SR_IN, channel=2)
+
+
+def test_load_audio_segment(stereo_wav: Path) -> None:
+    x = sf.read(stereo_wav, dtype="float32")[0][:, 0]
+    seg = load_audio(stereo_wav, SR_IN, channel=0, start_s=0.5, end_s=1.0)
+    np.testing.assert_array_equal(seg, x[SR_IN // 2 : SR_IN])
+    assert load_audio(stereo_wav, SR_IN, start_s=2.0).size == x.size - 2 * SR_IN
+    assert load_audio(stereo_wav, SR_OUT, start_s=9.0, end_s=10.0).size == 0  # past the end
+    assert load_audio(stereo_wav, SR_OUT, start_s=1.0, end_s=2.0).size == SR_OUT
+    with pytest.raises(ValueError, match="start_s"):
+        load_audio(stereo_wav, SR_IN, start_s=2.0, end_s=1.0)
+
+
+def test_non_finite_samples_become_zero_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    x = np.full(1000, 0.1, dtype=np.float32)
+    x[[10, 500, 900]] = [np.nan, np.inf, -np.inf]
+    path = tmp_path / "nan.wav"
+    sf.write(path, x, 8000, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING, logger="primate_monitor.audio"):
+        y = load_audio(path, 8000)
+        blocks = list(stream_audio(path, 8000, block_seconds=0.01))
+    assert np.isfinite(y).all() and y[10] == 0.0 and y[500] == 0.0
+    np.testing.assert_array_equal(np.concatenate(blocks), y)
+    # once for load_audio, once for the stream (not once per block)
+    assert sum("non-finite" in r.message for r in caplog.records) == 2
+
+
+def test_stream_equals_whole_file_resampling(stereo_wav: Path) -> None:
+    whole = load_audio(stereo_wav, SR_OUT)
+    blocks = list(stream_audio(stereo_wav, SR_OUT, block_seconds=0.37))
+    assert len(blocks) > 5
+    assert all(b.dtype == np.float32 and b.ndim == 1 and b.size > 0 for b in blocks)
+    streamed = np.concatenate(blocks)
+    assert streamed.shape == whole.shape
+    np.testing.assert_allclose(streamed, whole, atol=1e-4)
+
+
+def test_stream_block_size_exactly_divides_file(tmp_path: Path) -> None:
+    path = tmp_path / "exact.wav"
+    sf.write(path, _tone(1.0, 8000), 8000, subtype="FLOAT")  # 8000 frames, 4 blocks of 2000
+    streamed = np.concatenate(list(stream_audio(path, 16_000, block_seconds=0.25)))
+    np.testing.assert_allclose(streamed, load_audio(path, 16_000), atol=1e-4)
+
+
+def test_stream_same_rate_is_identity_and_memory_bounded(stereo_wav: Path) -> None:
+    blocks = list(stream_audio(stereo_wav, SR_IN, channel=0, block_seconds=0.5))
+    assert max(b.size for b in blocks) == int(0.5 * SR_IN)
+    x = sf.read(stereo_wav, dtype="float32")[0][:, 0]
+    np.testing.assert_array_equal(np.concatenate(blocks), x)
+
+
+def test_truncated_wav_reads_surviving_samples(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "cut.wav"
+    sf.write(path, _tone(2.0, 16_000), 16_000, subtype="PCM_16")  # 32000 frames, 44-byte header
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    surviving = (len(data) // 2 - 44) // 2
+    # libsndfile trusts the file size over the header: it reports only the frames present
+    assert probe(path).frames == surviving
+    with caplog.at_level(logging.WARNING, logger="primate_monitor.audio"):
+        y = np.concatenate(list(stream_audio(path, 16_000, block_seconds=0.3)))
+    assert y.size == surviving
+    assert any("truncated" in r.message and "cut.wav" in r.message for r in caplog.records)
+
+
+def test_decode_error_mid_stream_is_corrupt(stereo_wav: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_read = sf.SoundFile.read
+    calls = {"n": 0}
+
+    def failing_read(self: sf.SoundFile, *args: object, **kwargs: object) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise sf.LibsndfileError(1, prefix="Error reading: ")
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", failing_read)
+    got = []
+    with pytest.raises(AudioReadError) as err:
+        for block in stream_audio(stereo_wav, SR_IN, block_seconds=0.5):
+            got.append(block)
+    assert err.value.kind == "corrupt" and "stereo.wav" in str(err.value)
+    assert len(got) == 2  # what was yielded before the error stays with the caller
+
+
+def test_stream_rejects_bad_arguments(stereo_wav: Path) -> None:
+    with pytest.raises(ValueError, match="block_seconds"):
+        next(stream_audio(stereo_wav, SR_OUT, block_seconds=0))
+    with pytest.raises(ValueError, match="sample_rate"):
+        next(stream_audio(stereo_wav, 0))
+
+
+def test_audio_extensions() -> None:
+    exts = audio_extensions()
+    assert {"wav", "flac", "ogg", "aiff"} <= exts
+    assert "raw" not in exts
+    assert all(e == e.lower() and not e.startswith(".") for e in exts)
+    if "MP3" in sf.available_formats():
+        assert "mp3" in exts
+
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="libsndfile built without MP3")
+def test_mp3_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp3"
+    sf.write(path, _tone(1.0, 48_000), 48_000, format="MP3")
+    info = probe(path)
+    assert info.format == "MP3" and info.sample_rate == 48_000
+    assert abs(load_audio(path, 48_000).size - 48_000) < 48_000 * 0.05
+
+
+def test_find_audio_files(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    for rel in ["b/20240101_053000.WAV", "a/20240101_053000.wav", "a/notes.txt", "x.flac",
+                ".hidden/y.wav", "a/.z.wav", "c/d/e.Flac"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    loose = tmp_path / "loose.xyz"
+    loose.write_bytes(b"")
+    pairs = find_audio_files([root, str(loose)])
+    rels = [p.relative_to(r).as_posix() for r, p in pairs]
+    assert rels == ["a/20240101_053000.wav", "b/20240101_053000.WAV", "c/d/e.Flac", "x.flac", "loose.xyz"]
+    assert all(r == root for r, _ in pairs[:4])
+    assert pairs[4] == (tmp_path, loose)
+    with pytest.raises(FileNotFoundError, match="missing_dir"):
+        find_audio_files([tmp_path / "missing_dir"])
+
+
+def test_find_audio_files_is_deterministic(tmp_path: Path) -> None:
+    for name in ["c.wav", "a.wav", "b.wav"]:
+        (tmp_path / name).write_bytes(b"")
+    first = find_audio_files([tmp_path])
+    assert [p.name for _, p in first] == ["a.wav", "b.wav", "c.wav"]
+    assert find_audio_files([os.fspath(tmp_path)]) == first
