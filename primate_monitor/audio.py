@@ -70,6 +70,7 @@ class AudioInfo:
     format: str  # libsndfile major format, e.g. "WAV"
     subtype: str  # e.g. "PCM_16"
     comment: str | None  # e.g. AudioMoth's "Recorded at ... (UTC) by AudioMoth ..."
+    truncated: bool = False  # the header promises more data than the file holds
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
@@ -122,6 +123,7 @@ def _info(f: sf.SoundFile, path: str | Path) -> AudioInfo:
         format=f.format,
         subtype=f.subtype,
         comment=f.comment or None,
+        truncated=bool(_TRUNCATED_RE.search(f.extra_info)),
     )
     if info.frames == 0:
         raise AudioReadError(path, "no_samples", "header is valid but holds 0 frames")
@@ -138,7 +140,7 @@ def probe(path: str | Path) -> AudioInfo:
 
 
 def _warn_if_truncated(f: sf.SoundFile, path: str | Path) -> None:
-    if _TRUNCATED_RE.search(f.extra_info):
+    if _info(f, path).truncated:
         logger.warning("%s: truncated file, the header promises more data; reading the %d frames present",
                        path, f.frames)
 

@@ -14,6 +14,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .config import ConfigError, load_config, valid_keys
 from .data import DataError
 from .devices import resolve_device
+from .writers import WRITERS
 
 logger = logging.getLogger("primate_monitor")
 
@@ -104,6 +105,117 @@ def info(checkpoint: Path) -> None:
     except CheckpointError as e:
         _fail(e)
     click.echo(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def _event_options(thresholds: tuple[str, ...], classes: str | None, min_windows: int, max_gap: float):
+    from .events import EventOptions, parse_thresholds
+
+    default, per_class = parse_thresholds(thresholds) if thresholds else (0.5, {})
+    chosen = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
+    return EventOptions(threshold=default, class_thresholds=per_class, classes=chosen, min_windows=min_windows,
+                        max_gap_s=max_gap)
+
+
+EVENT_OPTIONS = [
+    click.option("--threshold", "thresholds", multiple=True, metavar="T|SPECIES=T",
+                 help="Score threshold, default 0.5; per class as chimpanzee=0.7. Repeatable."),
+    click.option("--classes", default=None, help="Comma-separated species to report (default: all)."),
+    click.option("--min-windows", default=1, show_default=True, help="Drop events with fewer windows."),
+    click.option("--max-gap", default=0.0, show_default=True, help="Merge windows of a species this many s apart."),
+]
+
+
+def event_options(fn):
+    for option in reversed(EVENT_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint (.safetensors); default: the bundled demo model.")
+@click.option("--hop", "hop_seconds", default=1.0, show_default=True, help="Seconds between window starts.")
+@event_options
+@click.option("--mode", type=click.Choice(["fast", "exact"]), default="fast", show_default=True,
+              help="fast: windows share convolutions; exact: each window on its own.")
+@click.option("--channel", type=int, default=None, help="0-based channel to scan (default: mix down).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", default=32, show_default=True, help="Windows per network call (exact mode).")
+@click.option("--workers", default=1, show_default=True, help="Threads decoding upcoming files.")
+@click.option("--save-window-scores", is_flag=True, help="Also write windows.parquet (for `detect`).")
+@click.option("--plots", is_flag=True, help="Draw a spectrogram with detections per recording in OUT/plots.")
+@click.option("--overwrite", is_flag=True, help="Discard an earlier scan in OUT instead of resuming it.")
+@click.pass_obj
+def scan(obj: dict, paths: tuple[Path, ...], out: Path, model_path: Path | None, hop_seconds: float,
+         thresholds: tuple[str, ...], classes: str | None, min_windows: int, max_gap: float, mode: str,
+         channel: int | None, device: str, batch_size: int, workers: int, save_window_scores: bool, plots: bool,
+         overwrite: bool) -> None:
+    """Scan recordings (files or folders, recursively) for primate calls.
+
+    Writes OUT/detections.parquet, OUT/raven/<recording>.selections.txt, recordings.csv,
+    failures.csv and run.json. Rerun the same command to resume an interrupted scan.
+    Exit status: 0 all files scanned, 3 some files failed (see failures.csv), 2 bad usage.
+    """
+    from .scan_run import ScanError, scan as run_scan
+    from .scanner import ScanConfig
+
+    try:
+        config = ScanConfig(hop_seconds=hop_seconds, events=_event_options(thresholds, classes, min_windows, max_gap),
+                            mode=mode, channel=channel, batch_size=batch_size)
+        summary = run_scan(list(paths), out, config, model_path, device, workers, save_window_scores, overwrite,
+                           progress=not obj["quiet"])
+        if plots:
+            from .plots import plot_scan
+
+            plot_scan(out)
+    except (ScanError, *USER_ERRORS) as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; finished recordings are kept in {out}. Rerun the same command to resume.", err=True)
+        sys.exit(130)
+    click.echo(f"scanned {summary.scanned}/{summary.files} recordings ({summary.audio_hours:.2f} h of audio"
+               f"{f', {summary.skipped_done} done earlier' if summary.skipped_done else ''}): {summary.events} detections, "
+               f"{summary.failed} failed, {summary.times_real_time:.0f}x real time")
+    click.echo(f"  {out / 'detections.parquet'}\n  {out / 'raven'}/  (Raven Pro selection tables)")
+    if summary.failed:
+        click.echo(f"  {summary.failed} file(s) could not be scanned fully: see {out / 'failures.csv'}", err=True)
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@main.command()
+@click.argument("scan_dir", type=click.Path(path_type=Path))
+@event_options
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Where to write (default SCAN_DIR).")
+def detect(scan_dir: Path, thresholds: tuple[str, ...], classes: str | None, min_windows: int, max_gap: float,
+           out: Path | None) -> None:
+    """Rebuild events and Raven tables from SCAN_DIR/windows.parquet with new thresholds."""
+    from .redetect import redetect
+
+    try:
+        events = redetect(scan_dir, _event_options(thresholds, classes, min_windows, max_gap), out)
+    except USER_ERRORS as e:
+        _fail(e)
+    click.echo(f"{len(events)} detections -> {(out or scan_dir) / 'detections.parquet'}")
+
+
+@main.command()
+@click.argument("detections", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(sorted(WRITERS)), required=True)
+@click.option("--min-score", default=0.0, show_default=True, help="Keep events with a peak score at least this.")
+@click.option("--classes", default=None, help="Comma-separated species to keep.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+def export(detections: Path, fmt: str, min_score: float, classes: str | None, out: Path) -> None:
+    """Convert DETECTIONS (a detections.parquet) to raven, csv, audacity or parquet."""
+    from .redetect import export as run_export
+
+    chosen = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
+    try:
+        written = run_export(detections, fmt, out, min_score, chosen)
+    except USER_ERRORS as e:
+        _fail(e)
+    click.echo(f"wrote {len(written)} file(s) under {out}")
 
 
 @main.command("config-keys")

@@ -112,10 +112,18 @@ def _coerce(key: str, value: Any) -> Any:
                 raise TypeError
             return int(value)
         if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
             return float(value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}") from e
-    return value
+    # text keys (cache_dir may also be null): a YAML number such as a split named 2021 is
+    # taken as its text; a list, mapping, bool (yes/no/on/off: quote it) or null is an error
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{key}: expected text, got {value!r}" + (" (quote it)" if isinstance(value, bool) else ""))
+    return str(value)
 
 
 def from_dict(values: dict[str, Any], source: str = "config", base: TrainConfig | None = None) -> TrainConfig:

@@ -1,0 +1,178 @@
+"""One recording → window scores → detection events: the library's ``scan_recording``.
+
+The whole-run machinery (many files, resume, outputs) is in ``scan_run``; this module
+knows one recording at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .audio import BLOCK_SECONDS, AudioInfo, AudioReadError, probe, stream_audio
+from .checkpoint import LoadedModel, load_checkpoint
+from .events import EventOptions, detect_events, validate_options
+from .inference import MODES, score_stream
+from .timestamps import recording_start
+from .windows import seconds_to_samples
+from .writers import EVENT_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """How a recording is scanned. Everything that changes the results is here."""
+
+    hop_seconds: float = 1.0  # seconds between window starts
+    events: EventOptions = field(default_factory=EventOptions)  # thresholds and merging
+    mode: str = "fast"  # fast (shared convolutions) | exact (each window on its own)
+    channel: int | None = None  # 0-based channel to scan; None mixes down to mono
+    batch_size: int = 32  # windows per network call in exact mode
+    block_seconds: float = BLOCK_SECONDS  # source audio decoded per read, s
+
+    def __post_init__(self) -> None:
+        if not self.hop_seconds > 0:
+            raise ValueError(f"hop must be positive seconds, got {self.hop_seconds}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.channel is not None and self.channel < 0:
+            raise ValueError(f"channel must be >= 0 (0-based), got {self.channel}")
+
+    def parameters(self) -> dict:
+        """The settings that determine the detections, for run.json and resume checks."""
+        e = self.events
+        return {"hop_seconds": self.hop_seconds, "mode": self.mode, "channel": self.channel,
+                "threshold": e.threshold, "class_thresholds": dict(sorted(e.class_thresholds.items())),
+                "report_classes": list(e.classes) if e.classes else None, "min_windows": e.min_windows,
+                "max_gap_s": e.max_gap_s}
+
+
+@dataclass
+class RecordingScores:
+    """Every window's scores for one recording, plus what we know about the file."""
+
+    path: Path
+    info: AudioInfo
+    start: datetime | None  # UTC start of the recording, None when unknown
+    starts_s: np.ndarray  # (windows,) start of each window, s
+    scores: np.ndarray  # (windows, classes)
+    duration_s: float  # audio actually decoded, s
+    truncated: bool  # the header promised more than the file holds
+    error: AudioReadError | None = None  # a decode error after some audio was scanned
+
+
+def counted(blocks: Iterable[np.ndarray], on_block: Callable[[int], None] | None) -> Iterator[np.ndarray]:
+    """Pass blocks through, reporting each block's length (for progress bars)."""
+    for block in blocks:
+        if on_block is not None:
+            on_block(len(block))
+        yield block
+
+
+def score_recording(path: str | Path, model: LoadedModel, config: ScanConfig,
+                    blocks: Iterable[np.ndarray] | None = None,
+                    on_block: Callable[[int], None] | None = None) -> RecordingScores:
+    """Stream ``path`` through the model. ``blocks`` may be supplied by a prefetching reader.
+
+    Raises AudioReadError when nothing could be read. A decode error after some audio
+    keeps the windows scored so far and is returned in ``error``.
+    """
+    path = Path(path)
+    info = probe(path)
+    sr = model.info.sample_rate
+    source = blocks if blocks is not None else stream_audio(path, sr, config.channel, config.block_seconds)
+    n_samples = 0
+    error = None
+
+    def tracked() -> Iterator[np.ndarray]:
+        nonlocal n_samples, error
+        try:
+            for block in counted(source, on_block):
+                n_samples += len(block)
+                yield block
+        except AudioReadError as e:
+            if n_samples == 0:
+                raise
+            error = e
+            logger.warning("%s: %s; keeping the %.1f s scanned before it", path, e, n_samples / sr)
+
+    result = score_stream(model, tracked(), seconds_to_samples(config.hop_seconds, sr), config.batch_size, config.mode)
+    if n_samples == 0:
+        raise AudioReadError(path, "no_samples", "no audio samples could be decoded")
+    return RecordingScores(path, info, recording_start(path, info.comment), result.starts / sr, result.scores,
+                           n_samples / sr, info.truncated, error)
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What turning window scores into event rows needs to know about the model."""
+
+    classes: tuple[str, ...]
+    reject_class: str | None  # None when the model has no reject class
+    clip_seconds: float
+    low_freq_hz: float  # the band the model analyses, for the Raven box
+    high_freq_hz: float
+    model_name: str
+
+    @classmethod
+    def from_model(cls, model: LoadedModel) -> "EventContext":
+        info = model.info
+        return cls(info.classes, info.reject_class if info.reject_class in info.classes else None, info.clip_seconds,
+                   float(info.frontend.fmin_hz), float(info.frontend.upper_hz), model.name)
+
+
+def build_events(ctx: EventContext, options: EventOptions, recording: str, path: str, start: datetime | None,
+                 starts_s: np.ndarray, scores: np.ndarray, duration_s: float) -> pd.DataFrame:
+    """Detection events of one recording with every column of the Parquet schema."""
+    events = detect_events(starts_s, ctx.clip_seconds, duration_s, scores, list(ctx.classes), ctx.reject_class, options)
+    stamp = pd.Timestamp(start) if start is not None else pd.NaT
+    events.insert(0, "recording", recording)
+    events.insert(1, "recording_path", path)
+    events.insert(2, "recording_start", pd.Series([stamp] * len(events), dtype="datetime64[us, UTC]"))
+    for col, secs in (("begin_time", "begin_s"), ("end_time", "end_s")):
+        events[col] = events["recording_start"] + pd.to_timedelta(events[secs], unit="s")  # NaT stays NaT
+    events["low_freq_hz"] = ctx.low_freq_hz
+    events["high_freq_hz"] = ctx.high_freq_hz
+    events["model"] = ctx.model_name
+    return events[list(EVENT_COLUMNS)].reset_index(drop=True)
+
+
+def events_table(scores: RecordingScores, model: LoadedModel, options: EventOptions, recording: str) -> pd.DataFrame:
+    """Events of one scored recording (see build_events)."""
+    return build_events(EventContext.from_model(model), options, recording, str(scores.path.resolve()), scores.start,
+                        scores.starts_s, scores.scores, scores.duration_s)
+
+
+def resolve_model(model: LoadedModel | str | Path | None, device: str = "auto") -> LoadedModel:
+    """A loaded model from an instance, a checkpoint path, or None for the bundled demo model."""
+    from .bundled import default_model_path
+    from .devices import resolve_device
+
+    if isinstance(model, LoadedModel):
+        return model
+    return load_checkpoint(model if model is not None else default_model_path(), resolve_device(device))
+
+
+def scan_recording(path: str | Path, model: LoadedModel | str | Path | None = None,
+                   config: ScanConfig | None = None, recording: str | None = None) -> pd.DataFrame:
+    """Detection events in one recording, as a DataFrame (columns: ``writers.EVENT_COLUMNS``).
+
+    ``model`` is a LoadedModel, a checkpoint path, or None for the bundled demo model.
+    ``recording`` is the name stored in the ``recording`` column (default: the file name).
+    Raises AudioReadError when the file cannot be read at all.
+    """
+    model = resolve_model(model)
+    config = config or ScanConfig()
+    ctx = EventContext.from_model(model)
+    validate_options(config.events, ctx.classes, ctx.reject_class)
+    scores = score_recording(path, model, config)
+    return events_table(scores, model, config.events, recording or Path(path).name)
