@@ -37,7 +37,7 @@ _UNPROBEABLE_FORMATS = frozenset({"raw"})
 _TRUNCATED_RE = re.compile(r"^\s*data\s*:\s*\d+\s*\(should be \d+\)", re.MULTILINE)
 
 AUDIO_ERROR_KINDS = frozenset(
-    {"empty", "no_samples", "not_audio", "unsupported", "permission", "corrupt", "missing"}
+    {"empty", "no_samples", "not_audio", "unsupported", "permission", "corrupt", "missing", "channel"}
 )
 
 
@@ -149,7 +149,7 @@ def _check_rate_and_channel(path: str | Path, sample_rate: int, channel: int | N
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
     if channel is not None and not 0 <= channel < channels:
-        raise ValueError(f"{path}: channel {channel} out of range, the file has {channels} channel(s) (0-based)")
+        raise AudioReadError(path, "channel", f"channel {channel} out of range, the file has {channels} channel(s) (0-based)")
 
 
 def _mono(block: np.ndarray, channel: int | None) -> np.ndarray:

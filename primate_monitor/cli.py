@@ -218,6 +218,63 @@ def export(detections: Path, fmt: str, min_score: float, classes: str | None, ou
     click.echo(f"wrote {len(written)} file(s) under {out}")
 
 
+def _detections_path(path: Path) -> Path:
+    return path / "detections.parquet" if path.is_dir() else path
+
+
+@main.command("evaluate-events")
+@click.argument("detections", type=click.Path(path_type=Path))
+@click.argument("truth", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--label-column", default="Species", show_default=True, help="Species column of the truth tables.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Also write the metrics as JSON here.")
+def evaluate_events_cmd(detections: Path, truth: tuple[Path, ...], label_column: str, out: Path | None) -> None:
+    """Event-level precision/recall/F1 of DETECTIONS (scan folder or .parquet) against Raven
+    TRUTH tables (files, or folders searched for *.selections.txt)."""
+    from .event_eval import evaluate_events
+    from .writers import read_parquet
+
+    tables = [t for p in truth for t in (sorted(p.rglob("*.selections.txt")) if p.is_dir() else [p])]
+    try:
+        result = evaluate_events(read_parquet(_detections_path(detections)), tables, label_column)
+    except USER_ERRORS as e:
+        _fail(e)
+    click.echo(f"{'species':<16}{'precision':>10}{'recall':>8}{'F1':>7}{'TP':>5}{'det':>5}{'truth':>6}")
+    for species, m in result["per_class"].items():
+        click.echo(f"{species:<16}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
+                   f"{m['true_positives']:>5}{m['detections']:>5}{m['truth']:>6}")
+    macro = result["macro"]
+    click.echo(f"{'macro':<16}{macro['precision']:>10.3f}{macro['recall']:>8.3f}{macro['f1']:>7.3f}")
+    click.echo(f"rule: {result['rule']}")
+    if out is not None:
+        from .fsutil import atomic_write
+
+        with atomic_write(out) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@main.command()
+@click.argument("detections", type=click.Path(path_type=Path))
+@click.argument("recording", type=click.Path(path_type=Path))
+@click.option("--truth", type=click.Path(path_type=Path), default=None, help="Raven truth table to draw too.")
+@click.option("--label-column", default="Species", show_default=True)
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="PNG to write.")
+def plot(detections: Path, recording: Path, truth: Path | None, label_column: str, out: Path) -> None:
+    """Draw RECORDING's spectrogram with its detections (and truth boxes) as a PNG."""
+    from .event_eval import read_truth
+    from .plots import plot_detections
+    from .writers import read_parquet
+
+    try:
+        events = read_parquet(_detections_path(detections))
+        target = str(recording.resolve())
+        mine = events[(events["recording_path"] == target) | (events["recording"] == str(recording))]
+        truth_table = read_truth(truth, label_column) if truth is not None else None
+        plot_detections(recording, mine, out, truth_table)
+    except USER_ERRORS as e:
+        _fail(e)
+    click.echo(f"{len(mine)} detections drawn -> {out}")
+
+
 @main.command("config-keys")
 def config_keys() -> None:
     """List every training config key (each can be set with --set KEY=VALUE)."""

@@ -89,6 +89,8 @@ def load_compare(root: Path, config: TrainConfig) -> Splits:
         missing = {"filename", "label"} - set(table.columns)
         if missing:
             raise DataError(f"{csv}: missing column(s) {sorted(missing)}; expected filename,label")
+        if table.empty and csv.stem in (config.train_split, config.devel_split):
+            raise DataError(f"{csv}: label file lists no clips (split {csv.stem!r} is empty)")
         splits[csv.stem] = [Clip(wav / f.strip(), lab_.strip()) for f, lab_ in zip(table["filename"], table["label"])]
     if not splits:
         raise DataError(f"{lab}: no label files (expected {config.train_split}.csv, {config.devel_split}.csv)")

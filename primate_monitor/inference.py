@@ -171,7 +171,7 @@ class FastScorer(StreamScorer):
 
     def column(self, start_sample: int) -> int:
         """The trunk column where a window starting at this sample begins (rounded)."""
-        return int(round(start_sample / self.fe_hop / self.stride))
+        return int(np.floor(start_sample / self.fe_hop / self.stride + 0.5))  # half up, not to even
 
     def frame_range(self, starts: np.ndarray) -> tuple[int, int]:
         """[first, stop) frames the trunk runs over: stride-aligned, with context."""

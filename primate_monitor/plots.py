@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import matplotlib.patches  # noqa: E402
 
 from .fsutil import atomic_write  # noqa: E402
 
@@ -43,3 +45,82 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: 
     fig.colorbar(image, ax=ax, label="% of true class")
     ax.set_title(title or "confusion matrix (row-normalised %)")
     return save_figure(fig, path)
+
+
+SPECTROGRAM_MAX_HZ = 8000  # plotted band; primate calls of interest sit below this
+MAX_COLUMNS = 6000  # spectrogram columns per figure, so hours-long files stay drawable
+
+
+def _spectrogram(path: str | Path) -> tuple[np.ndarray, float, float]:
+    """(dB, seconds per column, top Hz) of a whole recording, coarse enough to draw."""
+    import librosa
+
+    from .audio import load_audio, probe
+
+    info = probe(path)
+    sr = min(info.sample_rate, 2 * SPECTROGRAM_MAX_HZ)
+    audio = load_audio(path, sr)
+    hop = max(256, int(np.ceil(len(audio) / MAX_COLUMNS / 256)) * 256)
+    spec = np.abs(librosa.stft(audio, n_fft=1024, hop_length=hop)) ** 2
+    return librosa.power_to_db(spec, ref=np.max, top_db=80.0), hop / sr, sr / 2
+
+
+def plot_detections(recording: str | Path, events: pd.DataFrame, path: str | Path,
+                    truth: pd.DataFrame | None = None, title: str = "") -> Path:
+    """Spectrogram of a recording with one lane per species below it: detections as solid
+    bars labelled with their peak score, truth selections (if given) as hatched bars."""
+    db, col_s, top_hz = _spectrogram(recording)
+    duration = db.shape[1] * col_s
+    species = sorted(set(events["species"]) | (set(truth["species"]) if truth is not None else set()))
+    fig, (ax, lanes) = plt.subplots(2, 1, figsize=(14, 4.5 + 0.4 * max(1, len(species))), sharex=True,
+                                    gridspec_kw={"height_ratios": [3, max(1, len(species)) * 0.5 + 0.3]})
+    ax.imshow(db, origin="lower", aspect="auto", extent=(0, duration, 0, top_hz), cmap="magma")
+    ax.set_ylabel("Hz")
+    ax.set_title(title or Path(recording).name)
+    colours = plt.get_cmap("tab10")
+    for i, name in enumerate(species):
+        colour = colours(i % 10)
+        if truth is not None:
+            rows = truth[truth["species"] == name]
+            lanes.broken_barh(list(zip(rows["begin_s"], rows["end_s"] - rows["begin_s"])), (i - 0.45, 0.4),
+                              facecolors="none", edgecolors=colour, hatch="///")
+        rows = events[events["species"] == name]
+        lanes.broken_barh(list(zip(rows["begin_s"], rows["end_s"] - rows["begin_s"])), (i + 0.05, 0.4), facecolors=colour)
+        for b, e, score in zip(rows["begin_s"], rows["end_s"], rows["peak_score"]):
+            ax.add_patch(matplotlib.patches.Rectangle((b, 0), e - b, top_hz * 0.98, fill=False, edgecolor=colour, lw=1.5))
+            ax.text(b, top_hz * 0.92, f"{name} {score:.2f}", color="white", fontsize=8, backgroundcolor=(0, 0, 0, 0.4))
+    lanes.set_yticks(range(len(species)), species)
+    lanes.set_ylim(-0.6, max(1, len(species)) - 0.4)
+    lanes.set_xlabel("time (s)" + ("   hatched: truth, solid: detections" if truth is not None else ""))
+    return save_figure(fig, path)
+
+
+def plot_diel_activity(events: pd.DataFrame, path: str | Path) -> Path | None:
+    """Detections per hour of day (UTC) per species; None when no event has a known time."""
+    timed = events.dropna(subset=["begin_time"])
+    if timed.empty:
+        return None
+    hours = pd.to_datetime(timed["begin_time"], utc=True).dt.hour
+    counts = pd.crosstab(hours, timed["species"]).reindex(range(24), fill_value=0)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    counts.plot(kind="bar", stacked=True, ax=ax, width=0.85)
+    ax.set_xlabel("hour of day (UTC)")
+    ax.set_ylabel("detections")
+    ax.set_title("diel activity")
+    return save_figure(fig, path)
+
+
+def plot_scan(out: str | Path) -> list[Path]:
+    """OUT/plots/<recording>.png for every scanned recording, plus diel_activity.png."""
+    from .writers import read_parquet
+
+    out = Path(out)
+    events = read_parquet(out / "detections.parquet")
+    recordings = pd.read_csv(out / "recordings.csv", keep_default_na=False)
+    written = []
+    for row in recordings[recordings["status"] != "failed"].itertuples(index=False):
+        target = out / "plots" / f"{row.recording}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written.append(plot_detections(row.path, events[events["recording"] == row.recording], target, title=row.recording))
+    diel = plot_diel_activity(events, out / "plots" / "diel_activity.png")
+    return written + ([diel] if diel else [])

@@ -26,20 +26,24 @@ class _Producer(threading.Thread):
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_BLOCKS)
         self.stop = threading.Event()
 
+    def _put(self, item: tuple) -> bool:
+        """Queue an item unless the consumer gave up on this file; False when it did."""
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def run(self) -> None:
         try:
             for block in stream_audio(*self.args):
-                while not self.stop.is_set():
-                    try:
-                        self.queue.put(("block", block), timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if self.stop.is_set():
+                if not self._put(("block", block)):
                     return
-            self.queue.put(("end", None))
+            self._put(("end", None))
         except Exception as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            self.queue.put(("error", e))
+            self._put(("error", e))
 
     def blocks(self) -> Iterator[np.ndarray]:
         try:

@@ -197,7 +197,7 @@ class ScanRun:
     def params(self) -> dict[str, Any]:
         """What determines the outputs; a resumed run must match it exactly."""
         info = self.model.info
-        return {"inputs": self.inputs, "model": self.model.name, "model_path": str(self.model.path),
+        return {"inputs": self.inputs, "model": self.model.name, "model_path": str(self.model.path.resolve()),
                 "classes": list(info.classes), "reject_class": info.reject_class,
                 "save_window_scores": self.save_windows, **self.config.parameters()}
 
@@ -220,7 +220,8 @@ class ScanRun:
 
     def run(self, overwrite: bool = False, progress: bool = True) -> ScanSummary:
         self.state.begin(self.params(), overwrite)
-        todo = [r for r in self.recordings if self.state.record(r) is None]
+        # failed files are tried again: a permission or a copy may have been fixed since
+        todo = [r for r in self.recordings if (self.state.record(r) or {"status": "failed"})["status"] == "failed"]
         done_before = len(self.recordings) - len(todo)
         if done_before:
             logger.info("resuming: %d of %d recordings already done in %s", done_before, len(self.recordings), self.out)
@@ -276,7 +277,7 @@ class ScanRun:
 
     def _write_run_json(self, summary: ScanSummary, table: pd.DataFrame) -> None:
         run = {"version": __version__, "parameters": self.params(), "started": self.state.started(), "finished": _now(),
-               "model": {"name": self.model.name, "path": str(self.model.path), "architecture": self.model.info.model,
+               "model": {"name": self.model.name, "path": str(self.model.path.resolve()), "architecture": self.model.info.model,
                          "sample_rate": self.model.info.sample_rate, "classes": list(self.model.info.classes)},
                "totals": {"files": summary.files, "scanned": summary.scanned, "failed": summary.failed,
                           "truncated": int(table.get("truncated", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()),

@@ -75,12 +75,13 @@ class Trainer:
         if not splits.get(config.devel_split):
             raise DataError(f"{data_root}: split {config.devel_split!r} is missing or empty; validation needs it")
         self.classes = check_classes(splits, config)
-        self.summary = summarize(splits)
         cache = Path(config.cache_dir) if config.cache_dir else self.out / "cache"
         self.train_data = prepare_split(splits[config.train_split], self.classes, config, cache, config.train_split)
         devel = [c for c in splits[config.devel_split] if c.label != "?"]
         self.devel_data = prepare_split(devel, self.classes, config, cache, config.devel_split)
         self._report_bad()
+        # counts of the clips actually used (after --skip-bad), stored in the checkpoint
+        self.summary = summarize({config.train_split: self.train_data.clips, config.devel_split: self.devel_data.clips})
         self.frontend_config = FrontEndConfig(sample_rate=config.sample_rate)
         self.frontend = LogMel(self.frontend_config).to(self.device)
         self.model = create_model(config.model, len(self.classes)).to(self.device)

@@ -111,7 +111,7 @@ def test_load_audio_mixes_down_and_resamples(stereo_wav: Path) -> None:
 def test_load_audio_picks_channel_and_checks_range(stereo_wav: Path) -> None:
     x = sf.read(stereo_wav, dtype="float32")[0]
     np.testing.assert_array_equal(load_audio(stereo_wav, SR_IN, channel=1), x[:, 1])
-    with pytest.raises(ValueError, match="channel 2 out of range"):
+    with pytest.raises(AudioReadError, match="channel 2 out of range"):
         load_audio(stereo_wav, SR_IN, channel=2)
 
 

@@ -1,0 +1,222 @@
+"""Scan speed and memory: our streaming scanner against the straightforward pipeline.
+
+    python benchmarks/scan_bench.py --hours 1 --scratch /tmp/pm-bench           # speed table
+    python benchmarks/scan_bench.py --long-hours 24 --scratch /tmp/pm-bench     # peak RSS on 24 h
+    python benchmarks/scan_bench.py --agreement CKPT PATH...                     # fast vs exact
+
+Each measurement runs in its own child process so that its peak RSS is its own. Test
+audio is real: the sample recordings (real calls in real forest backgrounds) tiled to
+the requested length and resampled to 48 kHz and 16 kHz. Speed does not depend on the
+weights, so the speed runs use a freshly initialised CNN10 at 16 kHz (the paper's best
+setting) saved as a checkpoint.
+
+The baseline is what peers do: decode the whole file, resample it at once, cut every
+window, compute each window's log-mel on its own, and batch the windows through the
+network. Ratios are measured side by side in one run, because the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = sorted((REPO / "sample_data" / "recordings").glob("*.[wf][al][va]*"))
+
+
+def make_audio(path: Path, hours: float, sample_rate: int) -> Path:
+    """Tile the sample recordings (resampled to ``sample_rate``) into one PCM16 WAV, streaming."""
+    import soundfile as sf
+
+    from primate_monitor.audio import load_audio
+
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pieces = [load_audio(p, sample_rate) for p in SOURCES]
+    total = int(hours * 3600 * sample_rate)
+    tmp = path.with_suffix(".tmp.wav")
+    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16") as f:
+        written, i = 0, 0
+        while written < total:
+            piece = pieces[i % len(pieces)][: total - written]
+            f.write(piece)
+            written += len(piece)
+            i += 1
+    tmp.rename(path)
+    return path
+
+
+def make_model(path: Path, sample_rate: int = 16000) -> Path:
+    import torch
+
+    from primate_monitor.checkpoint import ModelInfo, save_checkpoint
+    from primate_monitor.frontend import FrontEndConfig
+    from primate_monitor.models import create_model
+
+    if not path.is_file():
+        torch.manual_seed(0)
+        classes = ("background", "chimpanzee", "gibbon", "howler_monkey", "titi_monkey")
+        info = ModelInfo("cnn10", classes, "background", "sigmoid", FrontEndConfig(sample_rate=sample_rate), 3.0)
+        save_checkpoint(path, create_model("cnn10", len(classes)).state_dict(), info)
+    return path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_ours(ckpt: str, audio: str, hop: float, mode: str, device: str) -> dict:
+    from primate_monitor.audio import probe
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.devices import resolve_device
+    from primate_monitor.scanner import ScanConfig, score_recording
+
+    model = load_checkpoint(ckpt, resolve_device(device))
+    t0 = time.perf_counter()
+    result = score_recording(audio, model, ScanConfig(hop_seconds=hop, mode=mode))
+    if model.network is not None and resolve_device(device).type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "audio_s": probe(audio).duration_s, "windows": len(result.starts_s)}
+
+
+def run_baseline(ckpt: str, audio: str, hop: float, device: str, batch_size: int = 32) -> dict:
+    """Decode all, cut all windows, log-mel per window, then batches through the network."""
+    import soundfile as sf
+    import soxr
+    import torch
+
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.devices import autocast, resolve_device
+    from primate_monitor.frontend import LogMel
+    from primate_monitor.windows import window_starts
+
+    dev = resolve_device(device)
+    model = load_checkpoint(ckpt, dev)
+    sr, window = model.info.sample_rate, round(model.info.clip_seconds * model.info.sample_rate)
+    frontend = LogMel(model.info.frontend).to(dev)
+    t0 = time.perf_counter()
+    data, file_sr = sf.read(audio, dtype="float32", always_2d=True)
+    x = soxr.resample(data.mean(axis=1), file_sr, sr, quality="HQ").astype(np.float32)
+    starts = window_starts(len(x), window, round(hop * sr))
+    windows = np.stack([np.pad(x[s : s + window], (0, max(0, s + window - len(x)))) for s in starts])
+    with torch.no_grad():
+        feats = [frontend(torch.from_numpy(w).to(dev)[None]) for w in windows]  # one window at a time
+        scores = []
+        for i in range(0, len(feats), batch_size):
+            with autocast(dev):
+                logits, _ = model.network(torch.cat(feats[i : i + batch_size]))
+            scores.append(torch.sigmoid(logits.float()).cpu())
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - t0, "audio_s": len(data) / file_sr, "windows": len(starts)}
+
+
+def child(args: argparse.Namespace) -> None:
+    """Runs one measurement and prints one JSON line."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child == "baseline":
+        result = run_baseline(args.ckpt, args.file, args.hop, args.device)
+    else:
+        result = run_ours(args.ckpt, args.file, args.hop, args.child, args.device)
+    result |= {"peak_rss_mb": peak_rss_mb(), "xrt": result["audio_s"] / result["seconds"]}
+    print(json.dumps(result))
+
+
+def measure(kind: str, ckpt: Path, audio: Path, hop: float, device: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--ckpt", str(ckpt), "--file", str(audio), "--hop", str(hop),
+           "--device", device]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)
+
+
+def speed_table(args: argparse.Namespace) -> None:
+    scratch = Path(args.scratch)
+    ckpt = make_model(scratch / "cnn10_16k_init.safetensors")
+    kinds = ["fast", "exact", "baseline"] if not args.skip_baseline else ["fast", "exact"]
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"device {args.device}, CNN10-16k, {args.hours} h of audio per file")
+    print("| audio | hop | pipeline | seconds | x real time | peak RSS (MB) | vs baseline |")
+    print("|---|---|---|---|---|---|---|")
+    for rate in (48000, 16000):
+        audio = make_audio(scratch / f"bench_{args.hours:g}h_{rate // 1000}k.wav", args.hours, rate)
+        for hop in (1.0, 3.0):
+            results = {k: measure(k, ckpt, audio, hop, args.device) for k in kinds}
+            base = results.get("baseline")
+            for k, r in results.items():
+                ratio = f"{base['seconds'] / r['seconds']:.2f}x" if base else "-"
+                print(f"| {rate // 1000} kHz | {hop:g} s | {k} | {r['seconds']:.1f} | {r['xrt']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} |",
+                      flush=True)
+
+
+def long_rss(args: argparse.Namespace) -> None:
+    scratch = Path(args.scratch)
+    ckpt = make_model(scratch / "cnn10_16k_init.safetensors")
+    audio = make_audio(scratch / f"bench_{args.long_hours:g}h_16k.wav", args.long_hours, 16000)
+    r = measure("fast", ckpt, audio, args.hop, args.device)
+    print(f"| {args.long_hours:g} h, 16 kHz | {args.hop:g} s | fast | {r['seconds']:.0f} | {r['xrt']:.1f} | {r['peak_rss_mb']:.0f} |")
+
+
+def agreement(args: argparse.Namespace) -> None:
+    """Per-window decisions (score >= 0.5, per class) of fast vs exact on real recordings."""
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.scanner import ScanConfig, score_recording
+
+    model = load_checkpoint(args.agreement[0])
+    reject = model.info.classes.index(model.info.reject_class)
+    species = [k for k in range(len(model.info.classes)) if k != reject]
+    print("| recording | hop | windows | decisions equal | windows with any species, exact / fast | max abs score diff |")
+    print("|---|---|---|---|---|---|")
+    totals = np.zeros(2)
+    for path in args.agreement[1:]:
+        for hop in (1.0, 3.0):
+            exact = score_recording(path, model, ScanConfig(hop_seconds=hop, mode="exact"))
+            fast = score_recording(path, model, ScanConfig(hop_seconds=hop, mode="fast"))
+            de, df = exact.scores[:, species] >= 0.5, fast.scores[:, species] >= 0.5
+            equal = (de == df).all(axis=1)
+            totals += [equal.sum(), len(equal)]
+            print(f"| {Path(path).name} | {hop:g} s | {len(equal)} | {equal.mean():.1%} | {de.any(axis=1).sum()} / "
+                  f"{df.any(axis=1).sum()} | {np.abs(exact.scores - fast.scores).max():.3f} |", flush=True)
+    print(f"\nall windows: {int(totals[0])}/{int(totals[1])} = {totals[0] / totals[1]:.2%} identical decisions")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scratch", default="/tmp/pm-bench", help="Where test audio and the init checkpoint go.")
+    p.add_argument("--hours", type=float, default=1.0)
+    p.add_argument("--long-hours", type=float, default=None, help="Measure peak RSS on a recording this long.")
+    p.add_argument("--hop", type=float, default=1.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--agreement", nargs="+", metavar="CKPT_THEN_AUDIO", default=None)
+    p.add_argument("--child", choices=["fast", "exact", "baseline"], help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", help=argparse.SUPPRESS)
+    p.add_argument("--file", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args)
+    elif args.agreement:
+        agreement(args)
+    elif args.long_hours:
+        long_rss(args)
+    else:
+        speed_table(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Event-level precision and recall of detections against Raven truth tables.
+
+Matching rule: a detection and a truth selection match when they have the same species,
+overlap in time, and either their intersection-over-union is at least 0.3, or the
+detection holds the selection's centre and is at most ``SLACK_S`` (6 s) longer than it.
+The slack is what 3 s windows add at most (one window's worth on each side of a call),
+so a short call detected by a few overlapping windows still matches, while an event that
+runs over a whole recording does not. Pairs are matched one-to-one, greedily in
+order of decreasing IoU, so each truth selection is matched at most once and a second
+detection of the same call counts as a false positive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .raven import read_selection_table
+
+MIN_IOU = 0.3
+SLACK_S = 6.0  # seconds a centre-holding detection may exceed the truth selection
+
+
+def _iou(b1: float, e1: float, b2: float, e2: float) -> float:
+    inter = max(0.0, min(e1, e2) - max(b1, b2))
+    union = max(e1, e2) - min(b1, b2)
+    return inter / union if union > 0 else 0.0
+
+
+def is_match(det: tuple[float, float], truth: tuple[float, float]) -> bool:
+    """The matching rule above, for one detection and one truth selection of the same species."""
+    (db, de), (tb, te) = det, truth
+    if min(de, te) <= max(db, tb):
+        return False
+    centre = (tb + te) / 2
+    holds_centre = db <= centre <= de and (de - db) <= (te - tb) + SLACK_S
+    return holds_centre or _iou(db, de, tb, te) >= MIN_IOU
+
+
+def match_events(detections: pd.DataFrame, truth: pd.DataFrame) -> list[tuple[int, int]]:
+    """(detection row, truth row) pairs for one recording; both frames have begin_s, end_s, species."""
+    candidates = []
+    for i, d in enumerate(detections.itertuples(index=False)):
+        for j, t in enumerate(truth.itertuples(index=False)):
+            if d.species == t.species and is_match((d.begin_s, d.end_s), (t.begin_s, t.end_s)):
+                candidates.append((_iou(d.begin_s, d.end_s, t.begin_s, t.end_s), i, j))
+    used_d, used_t, pairs = set(), set(), []
+    for _, i, j in sorted(candidates, key=lambda c: (-c[0], c[1], c[2])):
+        if i not in used_d and j not in used_t:
+            used_d.add(i)
+            used_t.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
+def read_truth(path: str | Path, label_column: str = "Species") -> pd.DataFrame:
+    """A Raven truth table as begin_s, end_s, species."""
+    table = read_selection_table(path)
+    if label_column not in table.columns:
+        raise ValueError(f"{path}: no label column {label_column!r}; columns are {list(table.columns)}")
+    return pd.DataFrame({"begin_s": table["Begin Time (s)"], "end_s": table["End Time (s)"],
+                         "species": table[label_column].astype(str).str.strip()})
+
+
+def _truth_recording(table: Path, recordings: list[str]) -> str | None:
+    """The recording a truth table belongs to: the one whose file stem prefixes the table's name."""
+    hits = [r for r in recordings if table.name.startswith(Path(r).stem + ".")]
+    return max(hits, key=len) if hits else None
+
+
+def evaluate_events(detections: pd.DataFrame, truth_tables: list[Path], label_column: str = "Species") -> dict[str, Any]:
+    """Per-class and macro precision, recall and F1 over every recording with a truth table."""
+    recordings = sorted(set(detections["recording"]))
+    counts: dict[str, np.ndarray] = {}  # species -> [true positives, detections, truths]
+    matched_tables = {}
+    for table in truth_tables:
+        rec = _truth_recording(table, recordings)
+        if rec is None:
+            raise ValueError(f"{table}: no scanned recording matches this truth table's name")
+        matched_tables[rec] = table
+    for rec, table in matched_tables.items():
+        truth = read_truth(table, label_column)
+        dets = detections[detections["recording"] == rec].reset_index(drop=True)
+        pairs = match_events(dets, truth)
+        for species in set(truth["species"]) | set(dets["species"]):
+            c = counts.setdefault(species, np.zeros(3, dtype=np.int64))
+            c += [sum(dets.at[i, "species"] == species for i, _ in pairs),
+                  int((dets["species"] == species).sum()), int((truth["species"] == species).sum())]
+    per_class = {}
+    for species, (tp, n_det, n_truth) in sorted(counts.items()):
+        p = tp / n_det if n_det else float("nan")
+        r = tp / n_truth if n_truth else float("nan")
+        f1 = 2 * tp / (n_det + n_truth) if n_det + n_truth else float("nan")
+        per_class[species] = {"precision": p, "recall": r, "f1": f1, "true_positives": int(tp),
+                              "detections": int(n_det), "truth": int(n_truth)}
+    scored = [v for v in per_class.values() if v["truth"] > 0]
+    macro = {k: float(np.nanmean([v[k] for v in scored])) if scored else float("nan") for k in ("precision", "recall", "f1")}
+    return {"rule": f"same species, overlapping, and IoU >= {MIN_IOU} or (detection holds the truth centre and is at most "
+                    f"{SLACK_S:g} s longer); one-to-one, greedy by IoU",
+            "recordings": sorted(matched_tables), "per_class": per_class, "macro": macro}
