@@ -208,3 +208,41 @@ def test_folder_per_class_layout(tmp_path):
     summary = meta["data_summary"]
     assert sum(summary["train"].values()) + sum(summary["devel"].values()) == 20
     assert 0 < sum(summary["devel"].values()) < 20  # a held-out share of recordings
+
+
+def test_raven_layout_trains_with_background_from_unannotated_stretches(tmp_path):
+    """Raven tables over long recordings: selections become clips, gaps the reject class."""
+    rec_dir = Path(__file__).parent / "fixtures" / "recording"
+    data = tmp_path / "raven"
+    data.mkdir()
+    for name in ("siteA_20240312_053000", "siteB_20240312_060000"):
+        shutil.copy(rec_dir / "20240312_053000.wav", data / f"{name}.wav")
+        shutil.copy(rec_dir / "20240312_053000.truth.selections.txt", data / f"{name}.Table.1.selections.txt")
+    from primate_monitor.config import load_config
+    from primate_monitor.data import check_classes, load_splits
+
+    config = load_config(CONFIG, ["raven_background=true", "raven_background_per_file=2"])
+    splits = load_splits(data, config)
+    assert sorted(splits) == ["devel", "train"]
+    assert {c.path.name for c in splits["train"]}.isdisjoint({c.path.name for c in splits["devel"]})
+    assert check_classes(splits, config) == ["background", "chimpanzee", "gibbon"]
+    selections = [c for c in splits["train"] if c.label != "background"]
+    assert sorted((c.label, c.start_s, c.end_s) for c in selections) == [
+        ("chimpanzee", pytest.approx(14.5 - (3 - 2.122) / 2), pytest.approx(16.622 + (3 - 2.122) / 2)),
+        ("gibbon", 3.0, 8.0),
+    ]
+    for clip in (c for c in splits["train"] if c.label == "background"):  # never overlaps a call
+        assert clip.end_s <= 3.0 or 8.0 <= clip.start_s <= 14.5 - 3 or clip.start_s >= 16.622
+    result = cli(*train_args(data, tmp_path / "run", *CHEAP, "--set", "raven_background=true", iterations=2))
+    assert result.exit_code == 0, result.output
+
+
+def test_raven_layout_needs_the_label_column(tmp_path):
+    rec_dir = Path(__file__).parent / "fixtures" / "recording"
+    data = tmp_path / "raven"
+    data.mkdir()
+    shutil.copy(rec_dir / "20240312_053000.wav", data / "a.wav")
+    table = data / "a.Table.1.selections.txt"
+    shutil.copy(rec_dir / "20240312_053000.truth.selections.txt", table)
+    result = cli(*train_args(data, tmp_path / "run", *CHEAP, "--set", "raven_label_column=Class", iterations=1))
+    assert_user_error(result, table, "'Class'")
