@@ -22,9 +22,10 @@ import soxr
 
 logger = logging.getLogger(__name__)
 
-# Seconds of source audio decoded per read in stream_audio: 60 s of 8-channel
-# 384 kHz float32 is ~740 MB at worst, of 1-channel 48 kHz ~11 MB.
+# Seconds of source audio decoded per read in stream_audio (1-channel 48 kHz: ~11 MB
+# as float32); MAX_BLOCK_SAMPLES caps it for high rates and many channels.
 BLOCK_SECONDS = 60.0
+MAX_BLOCK_SAMPLES = 4_000_000  # samples over all channels per read: 16 MB as float32
 # soxr "HQ" is what librosa's res_type="soxr_hq" uses; training and scanning
 # must resample identically or the model sees a different spectrum.
 RESAMPLE_QUALITY = "HQ"
@@ -224,7 +225,8 @@ def stream_audio(
         info = _info(f, path)
         _check_rate_and_channel(path, sample_rate, channel, info.channels)
         _warn_if_truncated(f, path)
-        block_frames = max(1, round(block_seconds * info.sample_rate))
+        # cap a block at MAX_BLOCK_SAMPLES so 384 kHz or many channels stay within tens of MB
+        block_frames = max(1, min(round(block_seconds * info.sample_rate), MAX_BLOCK_SAMPLES // info.channels))
         resampler = None
         if info.sample_rate != sample_rate:
             resampler = soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32",
