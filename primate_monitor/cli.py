@@ -178,6 +178,8 @@ def scan(obj: dict, paths: tuple[Path, ...], out: Path, model_path: Path | None,
     click.echo(f"scanned {summary.scanned}/{summary.files} recordings ({summary.audio_hours:.2f} h of audio"
                f"{f', {summary.skipped_done} done earlier' if summary.skipped_done else ''}): {summary.events} detections, "
                f"{summary.failed} failed, {summary.times_real_time:.0f}x real time")
+    if summary.species_counts:
+        click.echo("  " + ", ".join(f"{name} {n}" for name, n in summary.species_counts.items()))
     click.echo(f"  {out / 'detections.parquet'}\n  {out / 'raven'}/  (Raven Pro selection tables)")
     if summary.failed:
         click.echo(f"  {summary.failed} file(s) could not be scanned fully: see {out / 'failures.csv'}", err=True)

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ class ScanSummary:
     wall_seconds: float  # this invocation
     processing_seconds: float  # summed over every invocation's recordings
     skipped_done: int  # recordings already committed by an earlier run
+    species_counts: dict[str, int] = field(default_factory=dict)  # events per species
 
     @property
     def times_real_time(self) -> float:
@@ -260,7 +261,8 @@ class ScanRun:
                    self.out / "failures.csv")
         summary = ScanSummary(self.out, len(records), int((table["status"] != "failed").sum()),
                               int((table["status"] != "ok").sum()), len(events), float(table["duration_s"].sum()) / 3600,
-                              wall_seconds, float(table["scan_seconds"].sum()), done_before)
+                              wall_seconds, float(table["scan_seconds"].sum()), done_before,
+                              {str(k): int(v) for k, v in events["species"].value_counts().sort_index().items()})
         self._write_run_json(summary, table)
         return summary
 
@@ -282,6 +284,7 @@ class ScanRun:
                "totals": {"files": summary.files, "scanned": summary.scanned, "failed": summary.failed,
                           "truncated": int(table.get("truncated", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()),
                           "audio_hours": round(summary.audio_hours, 6), "events": summary.events,
+                          "events_per_species": summary.species_counts,
                           "wall_seconds_this_run": round(summary.wall_seconds, 3),
                           "processing_seconds": round(summary.processing_seconds, 3),
                           "times_real_time": round(summary.times_real_time, 1),

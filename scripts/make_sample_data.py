@@ -40,7 +40,7 @@ CLASSES = ("background",) + PRIMATES
 HELD_OUT_CALLS: dict[str, tuple[str, ...]] = {
     "chimpanzee": ("7_2C_", "8_2C_", "15_2C_"),
     "gibbon": ("FemaleGibbon_4", "MaleSolo_4"),
-    "titi_monkey": ("TestSample_006",),
+    "titi_monkey": ("TestSample_003",),
     "howler_monkey": ("TestSample_012",),
 }
 HELD_OUT_BACKGROUNDS = ("Borneo_Morning_04", "Borneo_Night_04", "Sulawesi_Morning_04",

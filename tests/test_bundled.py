@@ -1,0 +1,33 @@
+"""The bundled demo model: present, small, self-describing, and it finds a real call."""
+
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from primate_monitor import ScanConfig, scan_recording
+from primate_monitor.bundled import default_model_path
+from primate_monitor.checkpoint import read_metadata
+
+RECORDING = Path(__file__).parent / "fixtures" / "recording" / "20240312_053000.wav"
+DEMO_CLASSES = ["background", "chimpanzee", "gibbon", "howler_monkey", "titi_monkey"]
+
+
+def test_bundled_model_is_shipped_small_and_fp16():
+    path = default_model_path()
+    assert path.stat().st_size <= 12 * 1024 * 1024
+    meta = read_metadata(path)
+    assert meta["model"] == "cnn10" and meta["classes"] == DEMO_CLASSES
+    assert meta["reject_class"] == "background" and meta["sample_rate"] == 8000
+    with safe_open(str(path), "pt") as f:
+        assert str(f.get_tensor("head.fc1.weight").dtype) == "torch.float16"
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+def test_bundled_model_finds_the_gibbon_call_in_a_real_recording(mode):
+    """The fixture recording holds a held-out gibbon great call at 3-8 s (12 dB SNR)."""
+    events = scan_recording(RECORDING, None, ScanConfig(mode=mode))
+    gibbon = events[events["species"] == "gibbon"]
+    assert len(gibbon) >= 1
+    assert ((gibbon["begin_s"] < 8.0) & (gibbon["end_s"] > 3.0)).any()
+    assert events["model"].str.startswith("cnn10@").all()
