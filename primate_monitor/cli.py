@@ -138,8 +138,8 @@ def event_options(fn):
               help="Checkpoint (.safetensors); default: the bundled demo model.")
 @click.option("--hop", "hop_seconds", default=1.0, show_default=True, help="Seconds between window starts.")
 @event_options
-@click.option("--mode", type=click.Choice(["fast", "exact"]), default="fast", show_default=True,
-              help="fast: windows share convolutions; exact: each window on its own.")
+@click.option("--mode", type=click.Choice(["auto", "fast", "exact"]), default="auto", show_default=True,
+              help="fast: windows share convolutions; exact: each window on its own; auto: fast when windows overlap.")
 @click.option("--channel", type=int, default=None, help="0-based channel to scan (default: mix down).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", default=32, show_default=True, help="Windows per network call (exact mode).")

@@ -29,7 +29,7 @@ from .frontend import LogMel
 from .predict import activate
 from .windows import window_starts
 
-MODES = ("fast", "exact")
+MODES = ("auto", "fast", "exact")
 SPAN_WINDOWS = 32  # windows per trunk call in fast mode; fixed so results do not depend on --batch-size
 CONTEXT_COLUMNS = 4  # trunk columns of audio context on each side of a span (64 frames for CNN10)
 
@@ -204,16 +204,25 @@ class FastScorer(StreamScorer):
         return WindowScores(np.asarray(starts, dtype=np.int64), scores.cpu().numpy())
 
 
-def make_scorer(model: LoadedModel, hop_samples: int, batch_size: int, mode: str) -> StreamScorer:
+def resolve_mode(model: LoadedModel, hop_samples: int, mode: str) -> str:
+    """``auto``: fast when windows overlap (hop < window), where sharing convolutions pays
+    (2.1-2.7x at hop 1 s, docs/benchmarks.md); exact otherwise, where it gains nothing."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "fast" and model.network.fast_path:
+    if mode == "auto":
+        window = round(model.info.clip_seconds * model.info.sample_rate)
+        return "fast" if hop_samples < window and model.network.fast_path else "exact"
+    return mode
+
+
+def make_scorer(model: LoadedModel, hop_samples: int, batch_size: int, mode: str) -> StreamScorer:
+    if resolve_mode(model, hop_samples, mode) == "fast" and model.network.fast_path:
         return FastScorer(model, hop_samples, batch_size)
     return ExactScorer(model, hop_samples, batch_size)
 
 
 def score_stream(model: LoadedModel, blocks: Iterable[np.ndarray], hop_samples: int, batch_size: int = 32,
-                 mode: str = "fast") -> WindowScores:
+                 mode: str = "auto") -> WindowScores:
     """All windows of a stream: (starts, scores), in order."""
     parts = list(make_scorer(model, hop_samples, batch_size, mode).run(blocks))
     if not parts:

@@ -32,7 +32,7 @@ class ScanConfig:
 
     hop_seconds: float = 1.0  # seconds between window starts
     events: EventOptions = field(default_factory=EventOptions)  # thresholds and merging
-    mode: str = "fast"  # fast (shared convolutions) | exact (each window on its own)
+    mode: str = "auto"  # auto (fast when windows overlap) | fast (shared convolutions) | exact (each window on its own)
     channel: int | None = None  # 0-based channel to scan; None mixes down to mono
     batch_size: int = 32  # windows per network call in exact mode
     block_seconds: float = BLOCK_SECONDS  # source audio decoded per read, s

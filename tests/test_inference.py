@@ -154,3 +154,13 @@ def test_fast_mode_is_close_to_exact(reference):
         gibbon = 2
         r = np.corrcoef(exact.scores[:, gibbon], fast.scores[:, gibbon])[0, 1]
         assert r > 0.75, f"hop {hop}: gibbon scores correlate only {r:.2f} between modes"
+
+
+def test_auto_mode_shares_convolutions_only_when_windows_overlap(tiny_model):
+    from primate_monitor.inference import resolve_mode
+
+    assert resolve_mode(tiny_model, SR * 1, "auto") == "fast"  # 3 s windows every 1 s overlap
+    assert resolve_mode(tiny_model, SR * 3, "auto") == "exact"  # back to back: nothing to share
+    assert resolve_mode(tiny_model, SR * 1, "exact") == "exact"
+    with pytest.raises(ValueError, match="mode must be one of"):
+        resolve_mode(tiny_model, SR, "quick")

@@ -149,7 +149,7 @@ def test_parquet_schema_and_metadata(scan_all, tiny_model):
                 "low_freq_hz": pa.float64(), "high_freq_hz": pa.float64(), "model": pa.string()}
     assert {f.name: f.type for f in table.schema} == expected
     meta = json.loads(table.schema.metadata[b"primate_monitor"])
-    assert meta["threshold"] == 0.0 and meta["hop_seconds"] == 1.0 and meta["mode"] == "fast"
+    assert meta["threshold"] == 0.0 and meta["hop_seconds"] == 1.0 and meta["mode"] == "auto"
     assert meta["model"] == tiny_model.name and meta["save_window_scores"] is True
     assert meta["classes"] == list(tiny_model.info.classes) and meta["reject_class"] == "background"
     assert meta["inputs"] and all(Path(p).is_absolute() for p in meta["inputs"])
