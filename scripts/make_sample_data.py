@@ -541,7 +541,7 @@ def build_fixture_clips(src: dict, out: Path) -> None:
     plans = {split: [(c, k) for c in FIXTURE_CLASSES] for split, k in FIXTURE_COUNTS.items()}
     plans["test"] = [("titi_monkey", 1), ("background", 1)]
     uses: dict[Path, int] = {}  # reuse of a source takes its next-best window
-    for s_idx, (split, plan) in enumerate(plans.items()):
+    for split, plan in plans.items():
         src_split = "train" if split == "train" else "held"
         rows, i = [], 0
         for label, k in plan:

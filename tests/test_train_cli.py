@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from primate_monitor.cli import main
 
@@ -24,7 +24,7 @@ CLASSES = ["background", "chimpanzee", "gibbon", "titi_monkey"]
 CHEAP = ["--set", "batch_size=2", "--set", "clip_seconds=1", "--set", "eval_every=1"]
 
 
-def cli(*args) -> "click.testing.Result":
+def cli(*args) -> Result:
     result = CliRunner().invoke(main, ["-q", *map(str, args)])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception  # a traceback is a bug, not a user error: show it
