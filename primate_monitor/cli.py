@@ -74,18 +74,22 @@ def train(obj: dict, data: Path, config_path: Path | None, overrides: tuple[str,
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[CHECKPOINT] DATA")
 @click.option("--split", default="devel", show_default=True, help="Which split of DATA to score.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--hop", "hop_seconds", default=1.0, show_default=True, help="Hop of the windows over long clips, s.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable clips instead of failing.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def evaluate(checkpoint: Path, data: Path, split: str, out: Path, hop_seconds: float, skip_bad: bool, device: str) -> None:
-    """Score a split of DATA with CHECKPOINT; write metrics, predictions and a confusion matrix."""
+def evaluate(paths: tuple[Path, ...], split: str, out: Path, hop_seconds: float, skip_bad: bool, device: str) -> None:
+    """Score a split of DATA with CHECKPOINT (default: the bundled demo model); write
+    metrics, predictions and a confusion matrix."""
+    from .bundled import default_model_path
     from .evaluate import evaluate as run_evaluate
 
+    if len(paths) > 2:
+        raise click.UsageError("expected [CHECKPOINT] DATA")
     try:
+        checkpoint, data = paths if len(paths) == 2 else (default_model_path(), paths[0])
         model = load_checkpoint(checkpoint, resolve_device(device))
         metrics = run_evaluate(model, data, split, out, hop_seconds=hop_seconds, skip_bad=skip_bad)
     except USER_ERRORS as e:

@@ -31,3 +31,17 @@ def test_bundled_model_finds_the_gibbon_call_in_a_real_recording(mode):
     assert len(gibbon) >= 1
     assert ((gibbon["begin_s"] < 8.0) & (gibbon["end_s"] > 3.0)).any()
     assert events["model"].str.startswith("cnn10@").all()
+
+
+def test_evaluate_defaults_to_the_bundled_model(tmp_path):
+    from click.testing import CliRunner
+
+    from primate_monitor.cli import main
+
+    clips = Path(__file__).parent / "fixtures" / "clips"
+    result = CliRunner().invoke(main, ["-q", "evaluate", str(clips), "--split", "test", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert [c for c in predictions.columns if c.startswith("score_")] == [f"score_{c}" for c in DEMO_CLASSES]
