@@ -77,7 +77,7 @@ def load_splits(root: str | Path, config: TrainConfig) -> Splits:
 
 
 def load_compare(root: Path, config: TrainConfig) -> Splits:
-    lab, wav = root / "lab", root / "wav"
+    lab = root / "lab"
     if not lab.is_dir():
         raise DataError(f"{root}: missing lab/ folder with train.csv and devel.csv (ComParE layout)")
     splits: Splits = {}
@@ -91,13 +91,19 @@ def load_compare(root: Path, config: TrainConfig) -> Splits:
             raise DataError(f"{csv}: missing column(s) {sorted(missing)}; expected filename,label")
         if table.empty and csv.stem in (config.train_split, config.devel_split):
             raise DataError(f"{csv}: label file lists no clips (split {csv.stem!r} is empty)")
-        splits[csv.stem] = [Clip(wav / f.strip(), lab_.strip()) for f, lab_ in zip(table["filename"], table["label"])]
+        splits[csv.stem] = [Clip(_clip_path(root, f.strip()), lab_.strip()) for f, lab_ in zip(table["filename"], table["label"])]
     if not splits:
         raise DataError(f"{lab}: no label files (expected {config.train_split}.csv, {config.devel_split}.csv)")
     for name in (config.train_split, config.devel_split):
         if name not in splits:
             logger.info("%s: no %s.csv", lab, name)
     return splits
+
+
+def _clip_path(root: Path, filename: str) -> Path:
+    """``ROOT/wav/<filename>``; label files that already say ``wav/x.wav`` resolve from ROOT."""
+    in_wav = root / "wav" / filename
+    return in_wav if in_wav.exists() or not (root / filename).is_file() else root / filename
 
 
 def _class_folders(folder: Path) -> list[Path]:
