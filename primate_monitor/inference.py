@@ -216,7 +216,8 @@ def resolve_mode(model: LoadedModel, hop_samples: int, mode: str) -> str:
 
 
 def make_scorer(model: LoadedModel, hop_samples: int, batch_size: int, mode: str) -> StreamScorer:
-    if resolve_mode(model, hop_samples, mode) == "fast" and model.network.fast_path:
+    # an explicit --mode fast on a network without a fast path is an error (FastScorer says so), not a silent fallback
+    if resolve_mode(model, hop_samples, mode) == "fast":
         return FastScorer(model, hop_samples, batch_size)
     return ExactScorer(model, hop_samples, batch_size)
 

@@ -164,3 +164,19 @@ def test_auto_mode_shares_convolutions_only_when_windows_overlap(tiny_model):
     assert resolve_mode(tiny_model, SR * 1, "exact") == "exact"
     with pytest.raises(ValueError, match="mode must be one of"):
         resolve_mode(tiny_model, SR, "quick")
+
+
+def test_fast_mode_on_a_network_without_a_fast_path_is_an_error(tmp_path):
+    """WRN-28-2 pools time and frequency jointly: auto falls back to exact, explicit fast refuses."""
+    from primate_monitor.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+    from primate_monitor.frontend import FrontEndConfig
+    from primate_monitor.inference import resolve_mode
+    from primate_monitor.models import create_model
+
+    info = ModelInfo("wrn28_2", ("background", "gibbon"), "background", "sigmoid", FrontEndConfig(sample_rate=SR), 3.0)
+    path = save_checkpoint(tmp_path / "wrn.safetensors", create_model("wrn28_2", 2).state_dict(), info)
+    wrn = load_checkpoint(path)
+    assert resolve_mode(wrn, SR, "auto") == "exact"
+    assert isinstance(make_scorer(wrn, SR, 4, "auto"), ExactScorer)
+    with pytest.raises(ValueError, match="no fast path"):
+        make_scorer(wrn, SR, 4, "fast")
