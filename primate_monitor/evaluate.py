@@ -21,7 +21,7 @@ from .clipaudio import decode_clips
 from .config import TrainConfig, from_dict
 from .data import UNLABELLED, DataError, load_splits
 from .frontend import LogMel
-from .fsutil import atomic_write
+from .fsutil import atomic_write, write_csv
 from .metrics import classification_metrics
 from .plots import plot_confusion
 from .predict import score_clips
@@ -34,11 +34,6 @@ def _data_config(model: LoadedModel, overrides: dict[str, Any]) -> TrainConfig:
     saved = {k: v for k, v in model.info.config.items() if k in TrainConfig.__dataclass_fields__}
     config = from_dict(saved, source=str(model.path))
     return replace(config, **overrides)
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def evaluate(
@@ -61,7 +56,7 @@ def evaluate(
         raise DataError(f"{bad.path}: label {bad.label!r} is not one of the model's classes {list(info.classes)}")
     good, audio, failed = decode_clips(clips, info.sample_rate, None, config.workers, skip_bad)
     if failed:
-        _write_csv(pd.DataFrame([(str(c.path), r) for c, r in failed], columns=["path", "reason"]), out / "skipped_clips.csv")
+        write_csv(pd.DataFrame([(str(c.path), r) for c, r in failed], columns=["path", "reason"]), out / "skipped_clips.csv")
     device = next(model.network.parameters()).device
     frontend = LogMel(info.frontend).to(device)
     clip_samples = round(info.clip_seconds * info.sample_rate)
@@ -70,7 +65,7 @@ def evaluate(
                                 "predicted": [info.classes[k] for k in scores.argmax(axis=1)]})
     for k, name in enumerate(info.classes):
         predictions[f"score_{name}"] = np.round(scores[:, k], 6)
-    _write_csv(predictions, out / "predictions.csv")
+    write_csv(predictions, out / "predictions.csv")
     labelled = [i for i, c in enumerate(good) if c.label != UNLABELLED]
     if not labelled:
         logger.info("split %r is unlabelled: wrote predictions only", split)
@@ -84,8 +79,7 @@ def evaluate(
     with atomic_write(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     cm = pd.DataFrame(metrics["confusion"], index=pd.Index(info.classes, name="true"), columns=list(info.classes))
-    with atomic_write(out / "confusion_matrix.csv") as tmp:
-        cm.to_csv(tmp)
+    write_csv(cm, out / "confusion_matrix.csv", index=True)
     plot_confusion(np.array(metrics["confusion"]), list(info.classes), out / "confusion_matrix.png",
                    f"{model.name} on {split}: UAR {100 * metrics['uar']:.1f} %")
     return metrics

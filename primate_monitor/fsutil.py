@@ -7,6 +7,11 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _umask() -> int:
@@ -37,3 +42,9 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def write_csv(frame: "pd.DataFrame", path: str | Path, index: bool = False) -> None:
+    """A DataFrame as CSV, written atomically."""
+    with atomic_write(path) as tmp:
+        frame.to_csv(tmp, index=index)

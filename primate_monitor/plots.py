@@ -112,13 +112,13 @@ def plot_diel_activity(events: pd.DataFrame, path: str | Path) -> Path | None:
 
 def plot_scan(out: str | Path) -> list[Path]:
     """OUT/plots/<recording>.png for every scanned recording, plus diel_activity.png."""
+    from .scan_run import scanned_recordings
     from .writers import read_parquet
 
     out = Path(out)
     events = read_parquet(out / "detections.parquet")
-    recordings = pd.read_csv(out / "recordings.csv", keep_default_na=False)
     written = []
-    for row in recordings[recordings["status"] != "failed"].itertuples(index=False):
+    for row in scanned_recordings(out).itertuples(index=False):
         target = out / "plots" / f"{row.recording}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         written.append(plot_detections(row.path, events[events["recording"] == row.recording], target, title=row.recording))

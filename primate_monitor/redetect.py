@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .events import EventOptions, validate_options
+from .scan_run import scanned_recordings
 from .scanner import EventContext, build_events
 from .writers import EVENT_COLUMNS, ParquetWriter, get_writer, read_parquet, write_parquet
 
@@ -38,8 +39,7 @@ def redetect(scan_dir: str | Path, options: EventOptions, dest: str | Path | Non
     reject = meta["reject_class"] if meta["reject_class"] in meta["classes"] else None
     ctx = EventContext(tuple(meta["classes"]), reject, meta["clip_seconds"], meta["low_freq_hz"], meta["high_freq_hz"], params["model"])
     validate_options(options, ctx.classes, ctx.reject_class)
-    recordings = pd.read_csv(scan_dir / "recordings.csv", keep_default_na=False)
-    recordings = recordings[recordings["status"] != "failed"]
+    recordings = scanned_recordings(scan_dir)
     score_cols = [f"score_{c}" for c in ctx.classes]
     groups = dict(tuple(windows.groupby("recording", sort=False)))
     frames = []
@@ -72,8 +72,8 @@ def export(detections: str | Path, fmt: str, dest: str | Path, min_score: float 
     writer = writer_cls(meta) if writer_cls is ParquetWriter else writer_cls()
     index = detections.parent / "recordings.csv"
     if index.is_file():
-        rec = pd.read_csv(index, keep_default_na=False)
-        recordings = list(zip(rec.loc[rec["status"] != "failed", "recording"], rec.loc[rec["status"] != "failed", "path"]))
+        rec = scanned_recordings(detections.parent)
+        recordings = list(zip(rec["recording"], rec["path"]))
     else:
         recordings = list(dict.fromkeys(zip(events["recording"], events["recording_path"])))
     return writer.write_all(events, recordings, dest)

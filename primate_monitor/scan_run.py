@@ -28,10 +28,9 @@ from tqdm import tqdm
 from . import __version__
 from .audio import AudioReadError, find_audio_files, probe
 from .checkpoint import LoadedModel
-from .events import validate_options
-from .fsutil import atomic_write
+from .fsutil import atomic_write, write_csv
 from .prefetch import Prefetcher
-from .scanner import EventContext, RecordingScores, ScanConfig, events_table, resolve_model, score_recording
+from .scanner import RecordingScores, ScanConfig, events_table, prepare_model, score_recording
 from .writers import EVENT_COLUMNS, RavenWriter, read_parquet, write_parquet
 
 logger = logging.getLogger(__name__)
@@ -255,9 +254,9 @@ class ScanRun:
         if self.save_windows:
             self._write_windows(records)
         table = pd.DataFrame(records).reindex(columns=RECORDING_COLUMNS + ["scan_seconds"])
-        _write_csv(table[RECORDING_COLUMNS], self.out / "recordings.csv")
+        write_csv(table[RECORDING_COLUMNS], self.out / "recordings.csv")
         failed = table[table["status"] != "ok"]
-        _write_csv(failed.rename(columns={"error_kind": "kind", "error": "message"})[["path", "recording", "status", "kind", "message"]],
+        write_csv(failed.rename(columns={"error_kind": "kind", "error": "message"})[["path", "recording", "status", "kind", "message"]],
                    self.out / "failures.csv")
         summary = ScanSummary(self.out, len(records), int((table["status"] != "failed").sum()),
                               int((table["status"] != "ok").sum()), len(events), float(table["duration_s"].sum()) / 3600,
@@ -300,9 +299,10 @@ def _duration_or_zero(path: Path) -> float:
         return 0.0
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        frame.to_csv(tmp, index=False)
+def scanned_recordings(scan_dir: str | Path) -> pd.DataFrame:
+    """Rows of OUT/recordings.csv for recordings that were scanned (ok or partial), in plan order."""
+    table = pd.read_csv(Path(scan_dir) / "recordings.csv", keep_default_na=False)
+    return table[table["status"] != "failed"].reset_index(drop=True)
 
 
 def scan(paths: list[str | Path], out: str | Path, config: ScanConfig | None = None,
@@ -311,7 +311,5 @@ def scan(paths: list[str | Path], out: str | Path, config: ScanConfig | None = N
     """Scan every recording under ``paths`` into ``out``; resumes an interrupted scan of the same
     parameters. ``model`` is a LoadedModel, a checkpoint path, or None for the bundled demo model."""
     config = config or ScanConfig()
-    loaded = resolve_model(model, device)
-    ctx = EventContext.from_model(loaded)
-    validate_options(config.events, ctx.classes, ctx.reject_class)
+    loaded = prepare_model(model, config, device)
     return ScanRun(paths, out, config, loaded, workers, save_window_scores).run(overwrite, progress)

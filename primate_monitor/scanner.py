@@ -152,14 +152,17 @@ def events_table(scores: RecordingScores, model: LoadedModel, options: EventOpti
                         scores.starts_s, scores.scores, scores.duration_s)
 
 
-def resolve_model(model: LoadedModel | str | Path | None, device: str = "auto") -> LoadedModel:
-    """A loaded model from an instance, a checkpoint path, or None for the bundled demo model."""
+def prepare_model(model: LoadedModel | str | Path | None, config: ScanConfig, device: str = "auto") -> LoadedModel:
+    """A loaded model (from an instance, a checkpoint path, or None for the bundled demo model)
+    whose classes the event options have been checked against."""
     from .bundled import default_model_path
     from .devices import resolve_device
 
-    if isinstance(model, LoadedModel):
-        return model
-    return load_checkpoint(model if model is not None else default_model_path(), resolve_device(device))
+    if not isinstance(model, LoadedModel):
+        model = load_checkpoint(model if model is not None else default_model_path(), resolve_device(device))
+    ctx = EventContext.from_model(model)
+    validate_options(config.events, ctx.classes, ctx.reject_class)
+    return model
 
 
 def scan_recording(path: str | Path, model: LoadedModel | str | Path | None = None,
@@ -170,9 +173,7 @@ def scan_recording(path: str | Path, model: LoadedModel | str | Path | None = No
     ``recording`` is the name stored in the ``recording`` column (default: the file name).
     Raises AudioReadError when the file cannot be read at all.
     """
-    model = resolve_model(model)
     config = config or ScanConfig()
-    ctx = EventContext.from_model(model)
-    validate_options(config.events, ctx.classes, ctx.reject_class)
+    model = prepare_model(model, config)
     scores = score_recording(path, model, config)
     return events_table(scores, model, config.events, recording or Path(path).name)
