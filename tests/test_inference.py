@@ -180,3 +180,31 @@ def test_fast_mode_on_a_network_without_a_fast_path_is_an_error(tmp_path):
     assert isinstance(make_scorer(wrn, SR, 4, "auto"), ExactScorer)
     with pytest.raises(ValueError, match="no fast path"):
         make_scorer(wrn, SR, 4, "fast")
+
+
+
+def test_sample_buffer_matches_the_whole_stream_across_appends_and_drops():
+    """The reused store (compaction, growth) must return exactly what a plain concatenation would."""
+    from primate_monitor.inference import SampleBuffer
+
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(1, 5000, 60)]
+    whole = np.concatenate(blocks)
+    buf, kept_from, growths, appended = SampleBuffer(), 0, 0, 0
+    for block in blocks:
+        capacity = len(buf._store)
+        buf.append(block)
+        appended += len(block)
+        growths += len(buf._store) > capacity
+        assert buf.end == appended
+        start = int(rng.integers(kept_from, buf.end))
+        stop = int(rng.integers(start + 1, buf.end + 3000))
+        expected = np.zeros(stop - start, dtype=np.float32)
+        n_real = min(stop, buf.end) - start  # past what is buffered reads as zeros
+        expected[:n_real] = whole[start : start + n_real]
+        np.testing.assert_array_equal(buf.get(start, stop), expected)
+        kept_from = int(rng.integers(kept_from, buf.end + 1))
+        buf.drop_before(kept_from)
+        assert buf.offset == kept_from
+    np.testing.assert_array_equal(buf.get(-5, 0), whole[1:6][::-1])  # reflection, as centre padding
+    assert growths < 12, "the store should grow geometrically, not on every block"
