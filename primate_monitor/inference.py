@@ -39,46 +39,22 @@ class SampleBuffer:
 
     Samples before 0 are a reflection of the start (as ``center=True`` STFT padding does);
     samples past the end of a finished stream are zeros (a short last window is padded).
-
-    The samples live in one reused array: appending writes into free space at its end,
-    compacting (and at most doubling) only when it runs out. Concatenating a new array per
-    decoded block instead made a day-long scan's resident memory creep upward as the
-    allocator fragmented.
     """
 
-    HEAD_SAMPLES = 1025  # kept from the start for the reflection; more than any n_fft // 2
-
     def __init__(self) -> None:
-        self._store = np.zeros(0, dtype=np.float32)
-        self._lo = 0  # data is _store[_lo:_hi]
-        self._hi = 0
+        self.data = np.zeros(0, dtype=np.float32)
         self.offset = 0  # absolute index of data[0]
         self.head = np.zeros(0, dtype=np.float32)  # first samples, kept for the reflection
         self.finished = False
 
     @property
-    def data(self) -> np.ndarray:
-        """The buffered samples (a view; valid until the next append)."""
-        return self._store[self._lo : self._hi]
-
-    @property
     def end(self) -> int:
-        return self.offset + (self._hi - self._lo)
+        return self.offset + len(self.data)
 
     def append(self, block: np.ndarray) -> None:
-        n, held = len(block), self._hi - self._lo
-        if self._hi + n > len(self._store):
-            if held + n > len(self._store):  # grow: room for twice what is needed
-                store = np.empty(2 * (held + n), dtype=np.float32)
-                store[:held] = self.data
-                self._store = store
-            else:  # enough room once the dropped samples at the front are reused
-                self._store[:held] = self.data
-            self._lo, self._hi = 0, held
-        self._store[self._hi : self._hi + n] = block
-        self._hi += n
-        if len(self.head) < self.HEAD_SAMPLES and self.offset == 0:
-            self.head = self.data[: self.HEAD_SAMPLES].copy()
+        self.data = np.concatenate([self.data, block.astype(np.float32, copy=False)])
+        if len(self.head) < 1025 and self.offset == 0:
+            self.head = self.data[:1025].copy()
 
     def get(self, start: int, stop: int) -> np.ndarray:
         """Samples [start, stop); start may be negative (reflected), stop past the end (zeros)."""
@@ -88,13 +64,13 @@ class SampleBuffer:
             out[-start - n : -start] = self.head[1 : n + 1][::-1]
         a, b = max(start, self.offset), min(stop, self.end)
         if b > a:
-            out[a - start : b - start] = self._store[self._lo + a - self.offset : self._lo + b - self.offset]
+            out[a - start : b - start] = self.data[a - self.offset : b - self.offset]
         return out
 
     def drop_before(self, index: int) -> None:
-        cut = min(max(0, index - self.offset), self._hi - self._lo)
+        cut = min(max(0, index - self.offset), len(self.data))
         if cut:
-            self._lo += cut
+            self.data = self.data[cut:]
             self.offset += cut
 
 
