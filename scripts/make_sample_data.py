@@ -26,6 +26,7 @@ from pathlib import Path
 
 import librosa
 import numpy as np
+import scipy.signal
 import soundfile as sf
 import soxr
 
@@ -38,7 +39,7 @@ CLASSES = ("background",) + PRIMATES
 
 # --- held-out split, by source recording (file stem prefix) -----------------
 HELD_OUT_CALLS: dict[str, tuple[str, ...]] = {
-    "chimpanzee": ("7_2C_", "8_2C_", "15_2C_"),
+    "chimpanzee": ("5_2C_", "6_2C_", "15_2C_"),
     "gibbon": ("FemaleGibbon_4", "MaleSolo_4"),
     "titi_monkey": ("TestSample_003",),
     "howler_monkey": ("TestSample_012",),
@@ -46,6 +47,15 @@ HELD_OUT_CALLS: dict[str, tuple[str, ...]] = {
 HELD_OUT_BACKGROUNDS = ("Borneo_Morning_04", "Borneo_Night_04", "Sulawesi_Morning_04",
                         "Sulawesi_Night_04", "5_20200205_")
 HELD_OUT_OTHER = ("GreatArgus_4",)
+
+# Field recordings with a primate calling in a known stretch (begin s, end s), marked by
+# us from the spectrogram; the authors' metadata says which species is audible. They add
+# a second, real-field source for a class with few focal recordings (one training howler
+# template). Used for the scratch training set only. PUMA_2014-02-07_074500.wav (titi
+# duet) is deliberately left unused, so it stays an unseen field test for the demo model.
+FIELD_CALLS: dict[str, tuple[tuple[str, float, float], ...]] = {
+    "howler_monkey": (("backgrounds/ecuador_amazon/HARPIA_2014-02-04_061500.wav", 1.0, 40.0),),
+}
 
 # --- source folders, relative to --shared ------------------------------------
 CALL_DIRS = {c: f"calls/{c}" for c in PRIMATES}
@@ -56,7 +66,12 @@ LICENSE_DIR = "licenses"
 # --- analysis constants -------------------------------------------------------
 WORK_SR_HZ = 16_000            # rate at which recordings are mixed
 ENERGY_BAND_HZ = (200.0, 3000.0)   # band used to find call-rich stretches
-SNR_BAND_HZ = (100.0, 4000.0)      # band in which SNRs are measured
+SNR_BAND_HZ = (100.0, 4000.0)      # band in which SNRs are measured, unless SNR_BANDS_HZ says
+# The Cameroon chimpanzee clips carry a loud insect chorus at 1.6-2.9 kHz, while the grunts
+# and hoots sit below about 1 kHz. Measured over 100-4000 Hz, a clip's power is mostly
+# insects, so a "9 dB" chimpanzee call was in fact far quieter than 9 dB. Their SNR is
+# measured where the calls are.
+SNR_BANDS_HZ = {"chimpanzee": (100.0, 1200.0)}
 FRAME_S = 0.064                # analysis frame for the energy criterion
 ACTIVE_MARGIN_DB = 6.0         # frame is "active" if this far above the median
 CANDIDATE_REL = 0.5            # window kept if its active fraction >= this x best
@@ -72,11 +87,18 @@ CLIP_SR_CYCLE_HZ = (16_000, 8_000, 8_000, 8_000)  # 1 in 4 clips at 16 kHz: keep
 
 # --- scratch demo-model training set ----------------------------------------------
 SCRATCH_SR_HZ = 8_000
-SCRATCH_COUNTS = {"train": {"background": 400, **{c: 300 for c in PRIMATES}},
+SCRATCH_COUNTS = {"train": {"background": 700, **{c: 500 for c in PRIMATES}},
                   "devel": {c: 40 for c in CLASSES}}
 SCRATCH_SNR_DB = (-3.0, 20.0)
 SCRATCH_GAIN_DB = (-20.0, 0.0)
 OTHER_SNR_DB = (0.0, 15.0)     # argus-over-forest background clips
+# The Cameroon chimpanzee clips share an insect chorus (1.6-2.9 kHz) that the forest
+# backgrounds lack, a shortcut a network would happily learn ("insects = chimpanzee").
+# Against it: half of those chimpanzee examples are low-passed below the chorus, and some
+# background examples are those clips high-passed above the calls (insects only).
+INSECT_SPLIT_HZ = 1200.0
+CHIMP_LOWPASS_P = 0.5
+INSECT_BACKGROUND_P = 0.15
 
 # --- truth tables -------------------------------------------------------------------
 RAVEN_HEADER = ("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\t"
@@ -143,8 +165,11 @@ def is_held_out(path: Path, prefixes: tuple[str, ...]) -> bool:
     return path.stem.startswith(prefixes)
 
 
-def list_sources(shared: Path) -> dict[tuple[str, str], list[Path]]:
-    """Map (group, split) to sorted source files; groups are the primates, 'forest', 'other'."""
+def list_sources(shared: Path) -> dict:
+    """Map (group, split) to sorted source files; groups are the primates, 'forest', 'other'.
+
+    The key "shared" holds the shared-data root, for FIELD_CALLS paths.
+    """
     out: dict[tuple[str, str], list[Path]] = {}
     groups: dict[str, tuple[list[Path], tuple[str, ...]]] = {
         c: (sorted((shared / CALL_DIRS[c]).glob("*.wav")), HELD_OUT_CALLS[c]) for c in PRIMATES}
@@ -154,6 +179,7 @@ def list_sources(shared: Path) -> dict[tuple[str, str], list[Path]]:
     for group, (files, held) in groups.items():
         out[(group, "train")] = [p for p in files if not is_held_out(p, held)]
         out[(group, "held")] = [p for p in files if is_held_out(p, held)]
+    out["shared"] = shared
     return out
 
 
@@ -234,9 +260,10 @@ def band_power(x: np.ndarray, sr: int, band: tuple[float, float] = SNR_BAND_HZ) 
     return float(2.0 * np.sum(np.abs(spec[mask]) ** 2) / len(x) ** 2) + 1e-20
 
 
-def gain_for_snr(call: np.ndarray, bg: np.ndarray, sr: int, snr_db: float) -> float:
-    """Linear gain that puts `call` at snr_db over `bg` (same length) in the SNR band."""
-    return float(np.sqrt(band_power(bg, sr) / band_power(call, sr) * 10 ** (snr_db / 10.0)))
+def gain_for_snr(call: np.ndarray, bg: np.ndarray, sr: int, snr_db: float, label: str = "") -> float:
+    """Linear gain that puts `call` at snr_db over `bg` (same length) in the label's SNR band."""
+    band = SNR_BANDS_HZ.get(label, SNR_BAND_HZ)
+    return float(np.sqrt(band_power(bg, sr, band) / band_power(call, sr, band) * 10 ** (snr_db / 10.0)))
 
 
 def db_gain(db: float) -> float:
@@ -286,24 +313,66 @@ def place_in_window(call: np.ndarray, n: int, rng: np.random.Generator) -> tuple
     return out, off
 
 
+def split_band(x: np.ndarray, sr: int, low: bool) -> np.ndarray:
+    """Zero-phase 8th-order Butterworth low-pass (or high-pass) at INSECT_SPLIT_HZ."""
+    sos = scipy.signal.butter(8, INSECT_SPLIT_HZ, "lowpass" if low else "highpass", fs=sr, output="sos")
+    return scipy.signal.sosfiltfilt(sos, x).astype(np.float32)
+
+
+def has_insect_chorus(path: Path) -> bool:
+    """The Cameroon sanctuary chimpanzee clips (``N_2C_...``) carry the insect chorus."""
+    return "_2C_" in path.stem
+
+
+def field_call_window(shared: Path, field: tuple[str, float, float], sr: int, n: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Random n-sample window inside the marked calling stretch of a field recording."""
+    rel, begin_s, end_s = field
+    x = load(shared / rel, sr)[int(begin_s * sr):int(end_s * sr)]
+    return crop(x, n, rng)
+
+
 def primate_example(label: str, split: str, src: dict, rng: np.random.Generator) -> np.ndarray:
-    """A 3 s call window mixed into a random forest crop at random SNR and level."""
+    """A 3 s call window mixed into a random forest crop at random SNR and level.
+
+    Training examples draw uniformly over the class's sources: the train focal
+    recordings plus any marked field stretches (FIELD_CALLS).
+    """
     sr, n = SCRATCH_SR_HZ, int(WINDOW_S * SCRATCH_SR_HZ)
-    path = src[(label, split)][int(rng.integers(len(src[(label, split)])))]
-    call, off = place_in_window(random_call_window(path, sr, n, rng), n, rng)
+    focal = src[(label, split)]
+    field = FIELD_CALLS.get(label, ()) if split == "train" else ()
+    pick = int(rng.integers(len(focal) + len(field)))
+    if pick < len(focal):
+        path = focal[pick]
+        window = random_call_window(path, sr, n, rng)
+        if split == "train" and has_insect_chorus(path) and rng.random() < CHIMP_LOWPASS_P:
+            window = split_band(window, sr, low=True)
+        call, off = place_in_window(window, n, rng)
+        call_len = min(n, len(load(path, sr)))
+    else:
+        call, off, call_len = field_call_window(src["shared"], field[pick - len(focal)], sr, n, rng), 0, n
     bg_path = src[("forest", split)][int(rng.integers(len(src[("forest", split)])))]
     bg = crop(load(bg_path, sr), n, rng)
-    seg = slice(off, off + min(n, len(load(path, sr))))
-    g = gain_for_snr(call[seg], bg[seg], sr, float(rng.uniform(*SCRATCH_SNR_DB)))
+    seg = slice(off, off + call_len)
+    g = gain_for_snr(call[seg], bg[seg], sr, float(rng.uniform(*SCRATCH_SNR_DB)), label)
     return normalise_level(bg + g * call, rng)
 
 
 def background_example(split: str, src: dict, rng: np.random.Generator) -> np.ndarray:
-    """Forest crop, other-animal crop, or argus/spinetail over forest, at a random level."""
+    """Forest crop, other-animal crop, or argus/spinetail over forest, at a random level.
+
+    In training, some are instead the chimpanzee clips' insect chorus (calls filtered out)
+    over forest: see INSECT_BACKGROUND_P.
+    """
     sr, n = SCRATCH_SR_HZ, int(WINDOW_S * SCRATCH_SR_HZ)
     forest, other = src[("forest", split)], src[("other", split)]
     kind = rng.choice(3, p=(0.5, 0.25, 0.25))
     bg = crop(load(forest[int(rng.integers(len(forest)))], sr), n, rng)
+    insect = [p for p in src[("chimpanzee", split)] if has_insect_chorus(p)]
+    if split == "train" and rng.random() < INSECT_BACKGROUND_P:
+        chorus = split_band(crop(load(insect[int(rng.integers(len(insect)))], sr), n, rng), sr, low=False)
+        g = gain_for_snr(chorus, bg, sr, float(rng.uniform(*OTHER_SNR_DB)))
+        return normalise_level(bg + g * chorus, rng)
     if kind == 0:
         return normalise_level(bg, rng)
     animal = random_call_window(other[int(rng.integers(len(other)))], sr, n, rng)
@@ -485,7 +554,7 @@ def build_recording(spec: RecordingSpec, r_idx: int, src: dict, out_dir: Path) -
     for (label, call, path), s in zip(events, starts):
         seg = slice(s, s + len(call))
         snr = ARGUS_SNR_DB if label == "argus" else SNR_CYCLE_DB[(r_idx + k) % len(SNR_CYCLE_DB)]
-        mix[seg] += gain_for_snr(call, bg[seg], sr, snr) * call
+        mix[seg] += gain_for_snr(call, bg[seg], sr, snr, label) * call
         if label != "argus":
             k += 1
         truth.append({"label": label, "begin": s / sr, "end": (s + len(call)) / sr,
@@ -570,7 +639,7 @@ def build_fixture_recording(src: dict, out: Path) -> list[dict]:
             x = x[start:start + int(len_s * sr)]
         call, s = fade(x, sr), int(at_s * sr)
         seg = slice(s, s + len(call))
-        mix[seg] += gain_for_snr(call, bg[seg], sr, snr) * call
+        mix[seg] += gain_for_snr(call, bg[seg], sr, snr, label) * call
         truth.append({"label": label, "begin": s / sr, "end": (s + len(call)) / sr,
                       "snr_db": snr, "source": path.name})
     write_audio(out / "20240312_053000.wav", mix, sr)

@@ -45,3 +45,22 @@ def test_evaluate_defaults_to_the_bundled_model(tmp_path):
 
     predictions = pd.read_csv(tmp_path / "predictions.csv")
     assert [c for c in predictions.columns if c.startswith("score_")] == [f"score_{c}" for c in DEMO_CLASSES]
+
+
+def test_bundled_model_finds_the_sample_calls_with_precision_and_recall_of_at_least_0_8():
+    """The README's first command (scan defaults) on sample_data/recordings, scored event by event
+    against the truth tables: every species needs precision and recall >= 0.8 (issue 4's bar)."""
+    import pandas as pd
+
+    from primate_monitor.event_eval import evaluate_events
+
+    folder = Path(__file__).parents[1] / "sample_data" / "recordings"
+    recordings = sorted(p for p in folder.iterdir() if p.suffix in (".wav", ".flac"))
+    events = pd.concat([scan_recording(p) for p in recordings], ignore_index=True)
+    report = evaluate_events(events, sorted(folder.glob("*.truth.selections.txt")))
+    assert sorted(report["recordings"]) == [p.name for p in recordings]
+    per_class = report["per_class"]
+    assert set(per_class) == set(DEMO_CLASSES[1:])
+    below = {s: (round(v["precision"], 3), round(v["recall"], 3)) for s, v in per_class.items()
+             if not (v["precision"] >= 0.8 and v["recall"] >= 0.8)}
+    assert not below, f"species below 0.8 precision or recall: {below}"
