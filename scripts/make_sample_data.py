@@ -165,12 +165,12 @@ def is_held_out(path: Path, prefixes: tuple[str, ...]) -> bool:
     return path.stem.startswith(prefixes)
 
 
-def list_sources(shared: Path) -> dict:
+def list_sources(shared: Path) -> dict[tuple[str, str], list]:
     """Map (group, split) to sorted source files; groups are the primates, 'forest', 'other'.
 
-    The key "shared" holds the shared-data root, for FIELD_CALLS paths.
+    (primate, "field") holds that class's FIELD_CALLS stretches as (path, begin s, end s).
     """
-    out: dict[tuple[str, str], list[Path]] = {}
+    out: dict[tuple[str, str], list] = {}
     groups: dict[str, tuple[list[Path], tuple[str, ...]]] = {
         c: (sorted((shared / CALL_DIRS[c]).glob("*.wav")), HELD_OUT_CALLS[c]) for c in PRIMATES}
     forest = sorted(p for d in FOREST_DIRS for p in (shared / d).glob("*.wav"))
@@ -179,7 +179,8 @@ def list_sources(shared: Path) -> dict:
     for group, (files, held) in groups.items():
         out[(group, "train")] = [p for p in files if not is_held_out(p, held)]
         out[(group, "held")] = [p for p in files if is_held_out(p, held)]
-    out["shared"] = shared
+    for c in PRIMATES:
+        out[(c, "field")] = [(shared / rel, b, e) for rel, b, e in FIELD_CALLS.get(c, ())]
     return out
 
 
@@ -324,11 +325,11 @@ def has_insect_chorus(path: Path) -> bool:
     return "_2C_" in path.stem
 
 
-def field_call_window(shared: Path, field: tuple[str, float, float], sr: int, n: int,
+def field_call_window(field: tuple[Path, float, float], sr: int, n: int,
                       rng: np.random.Generator) -> np.ndarray:
     """Random n-sample window inside the marked calling stretch of a field recording."""
-    rel, begin_s, end_s = field
-    x = load(shared / rel, sr)[int(begin_s * sr):int(end_s * sr)]
+    path, begin_s, end_s = field
+    x = load(path, sr)[int(begin_s * sr):int(end_s * sr)]
     return crop(x, n, rng)
 
 
@@ -340,7 +341,7 @@ def primate_example(label: str, split: str, src: dict, rng: np.random.Generator)
     """
     sr, n = SCRATCH_SR_HZ, int(WINDOW_S * SCRATCH_SR_HZ)
     focal = src[(label, split)]
-    field = FIELD_CALLS.get(label, ()) if split == "train" else ()
+    field = src[(label, "field")] if split == "train" else []
     pick = int(rng.integers(len(focal) + len(field)))
     if pick < len(focal):
         path = focal[pick]
@@ -350,7 +351,7 @@ def primate_example(label: str, split: str, src: dict, rng: np.random.Generator)
         call, off = place_in_window(window, n, rng)
         call_len = min(n, len(load(path, sr)))
     else:
-        call, off, call_len = field_call_window(src["shared"], field[pick - len(focal)], sr, n, rng), 0, n
+        call, off, call_len = field_call_window(field[pick - len(focal)], sr, n, rng), 0, n
     bg_path = src[("forest", split)][int(rng.integers(len(src[("forest", split)])))]
     bg = crop(load(bg_path, sr), n, rng)
     seg = slice(off, off + call_len)
@@ -368,8 +369,8 @@ def background_example(split: str, src: dict, rng: np.random.Generator) -> np.nd
     forest, other = src[("forest", split)], src[("other", split)]
     kind = rng.choice(3, p=(0.5, 0.25, 0.25))
     bg = crop(load(forest[int(rng.integers(len(forest)))], sr), n, rng)
-    insect = [p for p in src[("chimpanzee", split)] if has_insect_chorus(p)]
     if split == "train" and rng.random() < INSECT_BACKGROUND_P:
+        insect = [p for p in src[("chimpanzee", split)] if has_insect_chorus(p)]
         chorus = split_band(crop(load(insect[int(rng.integers(len(insect)))], sr), n, rng), sr, low=False)
         g = gain_for_snr(chorus, bg, sr, float(rng.uniform(*OTHER_SNR_DB)))
         return normalise_level(bg + g * chorus, rng)

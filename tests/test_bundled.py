@@ -54,11 +54,13 @@ def test_bundled_model_finds_the_sample_calls_with_precision_and_recall_of_at_le
 
     from primate_monitor.event_eval import evaluate_events
 
+    from primate_monitor.audio import find_audio_files
+
     folder = Path(__file__).parents[1] / "sample_data" / "recordings"
-    recordings = sorted(p for p in folder.iterdir() if p.suffix in (".wav", ".flac"))
+    recordings = [path for _, path in find_audio_files([folder])]
     events = pd.concat([scan_recording(p) for p in recordings], ignore_index=True)
     report = evaluate_events(events, sorted(folder.glob("*.truth.selections.txt")))
-    assert sorted(report["recordings"]) == [p.name for p in recordings]
+    assert sorted(report["recordings"]) == sorted(p.name for p in recordings)
     per_class = report["per_class"]
     assert set(per_class) == set(DEMO_CLASSES[1:])
     below = {s: (round(v["precision"], 3), round(v["recall"], 3)) for s, v in per_class.items()

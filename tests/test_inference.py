@@ -182,7 +182,6 @@ def test_fast_mode_on_a_network_without_a_fast_path_is_an_error(tmp_path):
         make_scorer(wrn, SR, 4, "fast")
 
 
-
 def test_sample_buffer_matches_the_whole_stream_across_appends_and_drops():
     """Reads at any offset after any appends and drops return exactly the stream's samples."""
     from primate_monitor.inference import SampleBuffer
