@@ -88,7 +88,9 @@ def plot_detections(recording: str | Path, events: pd.DataFrame, path: str | Pat
         lanes.broken_barh(list(zip(rows["begin_s"], rows["end_s"] - rows["begin_s"])), (i + 0.05, 0.4), facecolors=colour)
         for b, e, score in zip(rows["begin_s"], rows["end_s"], rows["peak_score"]):
             ax.add_patch(matplotlib.patches.Rectangle((b, 0), e - b, top_hz * 0.98, fill=False, edgecolor=colour, lw=1.5))
-            ax.text(b, top_hz * 0.92, f"{name} {score:.2f}", color="white", fontsize=8, backgroundcolor=(0, 0, 0, 0.4))
+            # one label row per species, so labels of overlapping detections of two species do not collide
+            ax.text(b, top_hz * (0.92 - 0.08 * (i % 4)), f"{name} {score:.2f}", color="white", fontsize=8,
+                    backgroundcolor=(0, 0, 0, 0.4))
     lanes.set_yticks(range(len(species)), species)
     lanes.set_ylim(-0.6, max(1, len(species)) - 0.4)
     lanes.set_xlabel("time (s)" + ("   hatched: truth, solid: detections" if truth is not None else ""))
