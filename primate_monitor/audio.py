@@ -20,6 +20,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .fsutil import printable
+
 logger = logging.getLogger(__name__)
 
 # Seconds of source audio decoded per read in stream_audio (1-channel 48 kHz: ~11 MB
@@ -38,7 +40,7 @@ _UNPROBEABLE_FORMATS = frozenset({"raw"})
 _TRUNCATED_RE = re.compile(r"^\s*data\s*:\s*\d+\s*\(should be \d+\)", re.MULTILINE)
 
 AUDIO_ERROR_KINDS = frozenset(
-    {"empty", "no_samples", "not_audio", "unsupported", "permission", "corrupt", "missing", "channel"}
+    {"empty", "no_samples", "not_audio", "unsupported", "permission", "corrupt", "missing", "channel", "truncated"}
 )
 
 
@@ -48,13 +50,16 @@ class AudioReadError(Exception):
     ``kind`` is one of AUDIO_ERROR_KINDS: "empty" (zero bytes), "no_samples"
     (valid header, 0 frames), "not_audio" (libsndfile cannot parse it),
     "unsupported" (an extension libsndfile does not read), "permission",
-    "corrupt" (decode error mid-stream) or "missing".
+    "corrupt" (decode error mid-stream), "missing" (also a broken symlink), "channel"
+    or "truncated" (the header promises more audio than the file holds). The path in the
+    message is ``fsutil.printable``: a name with a tab or invalid UTF-8 still makes a message
+    that can be logged and stored.
     """
 
     def __init__(self, path: str | Path, kind: str, reason: str) -> None:
         if kind not in AUDIO_ERROR_KINDS:
             raise ValueError(f"unknown AudioReadError kind {kind!r}; valid: {sorted(AUDIO_ERROR_KINDS)}")
-        self.path = str(path)
+        self.path = printable(str(path))
         self.kind = kind
         super().__init__(f"{self.path}: {reason}")
 
@@ -95,6 +100,8 @@ def audio_extensions() -> frozenset[str]:
 def _open(path: str | Path) -> sf.SoundFile:
     """Open for reading, turning every failure into an AudioReadError with a kind."""
     p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise AudioReadError(p, "missing", f"broken symlink (it points to {printable(os.readlink(p))}, which does not exist)")
     try:
         with open(p, "rb") as fh:  # surfaces missing/permission before libsndfile's "System error"
             if not fh.read(1):
@@ -252,11 +259,24 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk_audio(root: Path) -> list[Path]:
-    """Audio files under root, hidden files and folders skipped, sorted by relative path."""
+def _walk_audio(root: Path, errors: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Audio files under root, hidden files and folders skipped, sorted by relative path.
+
+    A folder that cannot be listed (permission denied, vanished) is appended to ``errors`` as
+    (folder, reason) instead of being skipped in silence: a run must report what it did not see.
+    Symlinked files are listed (a dangling one fails later, visibly); symlinked folders are not
+    followed, so a link cannot pull a whole other tree, or a loop, into the scan.
+    """
     extensions = audio_extensions()
     found: list[Path] = []
-    for folder, dirs, files in os.walk(root):
+
+    def onerror(e: OSError) -> None:
+        folder = Path(e.filename) if e.filename else root
+        logger.warning("cannot read folder %s: %s; its files are not scanned", folder, e.strerror or e)
+        if errors is not None:
+            errors.append((folder, e.strerror or str(e)))
+
+    for folder, dirs, files in os.walk(root, onerror=onerror):
         dirs[:] = [d for d in dirs if not _is_hidden(d)]
         for name in files:
             if not _is_hidden(name) and Path(name).suffix.lower().lstrip(".") in extensions:
@@ -264,22 +284,25 @@ def _walk_audio(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
-def find_audio_files(paths: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+def find_audio_files(paths: Sequence[str | Path],
+                     errors: list[tuple[Path, str]] | None = None) -> list[tuple[Path, Path]]:
     """Expand files and folders into (root, path) pairs, in argument order.
 
     A folder is recursed (sorted, hidden entries skipped, extensions matched
     case-insensitively against audio_extensions()) and is the root of what it
     holds, so outputs can mirror ``path.relative_to(root)``. A file is returned
-    with its parent as root even if its extension is unknown, so that it fails
-    visibly later. A missing path raises FileNotFoundError.
+    with its parent as root even if its extension is unknown (or it is a dangling
+    symlink), so that it fails visibly later. Paths are made absolute but not
+    resolved: a symlink keeps its own name and place. Folders that cannot be read
+    go to ``errors`` (see _walk_audio). A missing path raises FileNotFoundError.
     """
     pairs: list[tuple[Path, Path]] = []
     for arg in paths:
-        p = Path(arg)
+        p = Path(os.path.abspath(arg))
         if p.is_dir():
-            pairs.extend((p, f) for f in _walk_audio(p))
-        elif p.exists():
+            pairs.extend((p, f) for f in _walk_audio(p, errors))
+        elif p.exists() or p.is_symlink():
             pairs.append((p.parent, p))
         else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
+            raise FileNotFoundError(f"no such file or folder: {arg}")
     return pairs

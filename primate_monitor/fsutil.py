@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,3 +49,50 @@ def write_csv(frame: "pd.DataFrame", path: str | Path, index: bool = False) -> N
     """A DataFrame as CSV, written atomically."""
     with atomic_write(path) as tmp:
         frame.to_csv(tmp, index=index)
+
+
+class OutputDirError(ValueError):
+    """An output folder that cannot be used: a file is in the way, or it cannot be written."""
+
+
+def ensure_output_dir(path: str | Path) -> Path:
+    """Create ``path`` (and parents) and prove it is writable, before any work starts.
+
+    Checking up front turns a late traceback (after minutes of scanning or training)
+    into an immediate message that names the folder and the reason.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"output {path} exists and is not a folder; pass a folder path with -o")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test.{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputDirError(f"cannot write to output folder {path}: {e.strerror or e}") from e
+    return path
+
+
+def printable(text: str) -> str:
+    """``text`` with bytes that are not UTF-8 and control characters (tab, newline, ...) shown as
+    backslash escapes, so it can go into a TSV cell, a Parquet string or a JSON record.
+
+    File names on Linux are bytes: a name may hold a tab or invalid UTF-8, and such a name
+    must neither abort a run nor break a table. The escaped form is unique for ordinary names
+    and readable by a person.
+    """
+    decoded = os.fsencode(text).decode("utf-8", "backslashreplace")
+    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch
+                   for ch in decoded)
+
+
+def safe_relative(name: str) -> str:
+    """A relative posix path that stays under its output folder: no absolute root, no ``..``
+    or ``.`` parts, printable (see ``printable``). Names come from data (a Parquet column), so
+    ``../../etc/x`` or ``/tmp/x`` must not choose where a file is written."""
+    parts = [p for p in printable(name).split("/") if p not in ("", ".")]
+    parts = ["__" if p == ".." else p for p in parts]
+    if not parts:
+        raise ValueError(f"recording name {name!r} gives no usable output file name")
+    return "/".join(parts)

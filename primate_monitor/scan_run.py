@@ -9,14 +9,10 @@ resumed scan writes the same detections as one that ran straight through.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,35 +22,23 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from . import __version__
-from .audio import AudioReadError, find_audio_files, probe
+from .audio import AudioReadError, probe
 from .checkpoint import LoadedModel
-from .fsutil import atomic_write, write_csv
+from .fsutil import atomic_write, ensure_output_dir, write_csv
 from .prefetch import Prefetcher
-from .scanner import RecordingScores, ScanConfig, events_table, prepare_model, score_recording
-from .writers import EVENT_COLUMNS, RavenWriter, read_parquet, write_parquet
+from .scan_plan import Recording, ScanError, plan_recordings
+from .scan_state import STATE_DIR, ScanState, now
+from .scanner import RecordingScores, ScanConfig, check_hop, events_table, prepare_model, score_recording
+from .writers import EVENT_COLUMNS, read_parquet, write_parquet
+
+__all__ = ["STATE_DIR", "Recording", "ScanError", "ScanRun", "ScanSummary", "finalize", "plan_recordings", "scan",
+           "scanned_recordings"]
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = ".scan-state"  # per-recording commits and the run's parameters
-OUTPUTS = ("detections.parquet", "windows.parquet", "failures.csv", "recordings.csv", "run.json", "raven", "plots")
-
-
 RECORDING_COLUMNS = ["recording", "path", "status", "duration_s", "recording_start", "sample_rate", "channels",
                      "format", "n_windows", "n_events", "truncated", "note", "error_kind", "error"]
-
-
-class ScanError(ValueError):
-    """A scan that must not start (collisions, parameters differing from OUT's scan)."""
-
-
-@dataclass(frozen=True)
-class Recording:
-    rel: str  # name in outputs: path relative to the scanned root, posix
-    path: Path  # absolute
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha1(self.rel.encode()).hexdigest()[:16]
+FAILURE_COLUMNS = ["path", "recording", "status", "kind", "message"]
 
 
 @dataclass
@@ -62,7 +46,7 @@ class ScanSummary:
     out: Path
     files: int
     scanned: int
-    failed: int
+    failed: int  # recordings not scanned fully, plus folders that could not be read
     events: int
     audio_hours: float
     wall_seconds: float  # this invocation
@@ -75,85 +59,6 @@ class ScanSummary:
         return self.audio_hours * 3600 / self.processing_seconds if self.processing_seconds else 0.0
 
 
-def plan_recordings(paths: list[str | Path]) -> list[Recording]:
-    """Every audio file under ``paths``, named relative to its folder argument (or, for
-    several arguments, to their common folder) so names are unique and mirror the input."""
-    found = find_audio_files(paths)
-    abs_paths = list(dict.fromkeys(p.resolve() for _, p in found))
-    if not abs_paths:
-        raise ScanError(f"no audio files found under {', '.join(map(str, paths))}")
-    roots = {root.resolve() for root, _ in found}
-    base = next(iter(roots)) if len(roots) == 1 else Path(os.path.commonpath([str(p.parent) for p in abs_paths]))
-    recordings = [Recording(p.relative_to(base).as_posix(), p) for p in abs_paths]
-    seen: dict[str, Path] = {}
-    for r in recordings:
-        if r.rel in seen:
-            raise ScanError(f"two inputs would share the output name {r.rel!r}: {seen[r.rel]} and {r.path}")
-        seen[r.rel] = r.path
-    return recordings
-
-
-class ScanState:
-    """OUT/.scan-state: the run's parameters and one committed record per recording."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.dir = out / STATE_DIR
-
-    def params_path(self) -> Path:
-        return self.dir / "params.json"
-
-    def begin(self, params: dict[str, Any], overwrite: bool) -> None:
-        """Start or resume; refuse to mix parameters unless ``overwrite`` wipes OUT's scan."""
-        if overwrite:
-            self.clear()
-        if self.params_path().is_file():
-            saved = json.loads(self.params_path().read_text())
-            if saved["params"] != params:
-                diff = sorted(k for k in set(saved["params"]) | set(params) if saved["params"].get(k) != params.get(k))
-                raise ScanError(f"{self.out} holds a scan made with different parameters (differs: {', '.join(diff)}); "
-                                "rerun with the same options to resume, or pass --overwrite to start again")
-            return
-        leftovers = [name for name in OUTPUTS if (self.out / name).exists()]
-        if leftovers:
-            raise ScanError(f"{self.out} already holds outputs ({', '.join(leftovers)}) but no scan state; use --overwrite or another -o")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.params_path()) as tmp:
-            tmp.write_text(json.dumps({"params": params, "started": _now()}, indent=2, sort_keys=True))
-
-    def clear(self) -> None:
-        for name in (STATE_DIR,) + OUTPUTS:
-            target = self.out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-
-    def started(self) -> str:
-        return json.loads(self.params_path().read_text())["started"]
-
-    def record(self, rec: Recording) -> dict[str, Any] | None:
-        path = self.dir / f"{rec.key}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def part(self, rec: Recording, name: str) -> Path:
-        return self.dir / f"{rec.key}.{name}.parquet"
-
-    def commit(self, rec: Recording, record: dict[str, Any], events: pd.DataFrame | None, windows: pd.DataFrame | None) -> None:
-        """Parts first, the JSON record last: a recording counts as done only once all landed."""
-        if events is not None:
-            write_parquet(events, self.part(rec, "events"), {})
-        if windows is not None:
-            with atomic_write(self.part(rec, "windows")) as tmp:
-                windows.to_parquet(tmp, index=False)
-        with atomic_write(self.dir / f"{rec.key}.json") as tmp:
-            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def windows_frame(scores: RecordingScores, model: LoadedModel, rec: Recording) -> pd.DataFrame:
     """Every window's score for every class, to re-threshold without decoding audio."""
     frame = pd.DataFrame({"recording": rec.rel, "begin_s": scores.starts_s,
@@ -164,18 +69,27 @@ def windows_frame(scores: RecordingScores, model: LoadedModel, rec: Recording) -
 
 
 def recording_record(rec: Recording, scores: RecordingScores | None, error: AudioReadError | None,
-                     n_events: int, seconds: float) -> dict[str, Any]:
-    """The JSON record that marks a recording as done (ok, partial or failed)."""
-    record: dict[str, Any] = {"recording": rec.rel, "path": str(rec.path), "scan_seconds": round(seconds, 3)}
+                     n_events: int, seconds: float, fingerprint: dict[str, int] | None) -> dict[str, Any]:
+    """The JSON record that marks a recording as done (ok, partial or failed).
+
+    One rule for "partial": any file that was not read to the end its header promised, a
+    decode error midway or a truncated file, is partial, listed in failures.csv, and makes
+    the scan exit with 3; the audio that was there is scanned and its events kept."""
+    record: dict[str, Any] = {"recording": rec.rel, "path": rec.display_path, "scan_seconds": round(seconds, 3),
+                              "fingerprint": fingerprint}
     if scores is None:
         return record | {"status": "failed", "error_kind": error.kind, "error": str(error), "duration_s": 0.0,
                          "n_windows": 0, "n_events": 0}
     info = scores.info
-    status = "partial" if scores.error is not None else "ok"
+    kind, message = "", ""
+    if scores.error is not None:
+        kind, message = scores.error.kind, str(scores.error)
+    elif scores.truncated:
+        kind, message = "truncated", (f"{rec.display_path}: truncated file, the header promises more audio than it holds; "
+                                      f"scanned the {scores.duration_s:.3f} s present")
     note = f"truncated file: scanned the {scores.duration_s:.3f} s present" if scores.truncated else ""
     return record | {
-        "status": status, "error_kind": scores.error.kind if scores.error else "",
-        "error": str(scores.error) if scores.error else "", "note": note,
+        "status": "partial" if kind else "ok", "error_kind": kind, "error": message, "note": note,
         "duration_s": scores.duration_s, "sample_rate": info.sample_rate, "channels": info.channels,
         "format": f"{info.format}/{info.subtype}",
         "recording_start": scores.start.isoformat() if scores.start else None,
@@ -183,15 +97,28 @@ def recording_record(rec: Recording, scores: RecordingScores | None, error: Audi
     }
 
 
+def model_record(model: LoadedModel) -> dict[str, Any]:
+    """What the outputs say about the model; kept in the state so ``detect`` can rebuild them."""
+    info = model.info
+    return {"name": model.name, "path": str(model.path.resolve()), "architecture": info.model,
+            "sample_rate": info.sample_rate, "classes": list(info.classes), "reject_class": info.reject_class,
+            "clip_seconds": info.clip_seconds, "low_freq_hz": float(info.frontend.fmin_hz),
+            "high_freq_hz": float(info.frontend.upper_hz)}
+
+
 class ScanRun:
     """One invocation of ``scan``: plan, resume check, the loop over recordings, outputs."""
 
     def __init__(self, paths: list[str | Path], out: str | Path, config: ScanConfig, model: LoadedModel,
                  workers: int = 1, save_window_scores: bool = False) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        check_hop(config.hop_seconds, model.info.sample_rate)  # before anything is written
         self.out, self.config, self.model = Path(out), config, model
         self.workers, self.save_windows = workers, save_window_scores
-        self.inputs = [str(Path(p).resolve()) for p in paths]
-        self.recordings = plan_recordings(list(paths))
+        self.inputs = [printable_path(p) for p in paths]
+        self.plan = plan_recordings(list(paths))
+        self.recordings = self.plan.recordings
         self.state = ScanState(self.out)
 
     def params(self) -> dict[str, Any]:
@@ -204,24 +131,40 @@ class ScanRun:
     def scan_one(self, rec: Recording, blocks, bar: tqdm) -> dict[str, Any]:
         sr = self.model.info.sample_rate
         started = time.perf_counter()
+        fingerprint = rec.fingerprint()  # before reading: a file that grows meanwhile is seen as changed next time
         try:
             scores = score_recording(rec.path, self.model, self.config, blocks, lambda n: bar.update(n / sr / 3600))
         except AudioReadError as e:
             logger.warning("cannot scan %s", e)
-            record = recording_record(rec, None, e, 0, time.perf_counter() - started)
+            record = recording_record(rec, None, e, 0, time.perf_counter() - started, fingerprint)
             self.state.commit(rec, record, None, None)
             return record
-        events = events_table(scores, self.model, self.config.events, rec.rel)
+        events = events_table(scores, self.model, self.config.events, rec.rel, rec.display_path)
         windows = windows_frame(scores, self.model, rec) if self.save_windows else None
-        RavenWriter().write(events, self.out / "raven" / f"{rec.rel}{RavenWriter.suffix}")
-        record = recording_record(rec, scores, None, len(events), time.perf_counter() - started)
+        record = recording_record(rec, scores, None, len(events), time.perf_counter() - started, fingerprint)
         self.state.commit(rec, record, events, windows)
         return record
 
     def run(self, overwrite: bool = False, progress: bool = True) -> ScanSummary:
-        self.state.begin(self.params(), overwrite)
-        # failed files are tried again: a permission or a copy may have been fixed since
-        todo = [r for r in self.recordings if (self.state.record(r) or {"status": "failed"})["status"] == "failed"]
+        ensure_output_dir(self.out)
+        self.state.begin(self.params(), model_record(self.model), overwrite)
+        self.state.set_plan(self.recordings, self.plan.folder_errors)
+        planned = {r.key for r in self.recordings}
+        for key in sorted(self.state.keys() - planned):  # deleted or moved since: drop its results and tables
+            logger.info("%s: a recording scanned earlier is gone from the inputs; removing its results",
+                        (self.state.record(key) or {}).get("recording", key))
+            self.state.forget(key)
+        # failed files are tried again (a permission or a copy may have been fixed since), and so
+        # is every file whose size or mtime changed since it was scanned
+        todo, changed = [], 0
+        for rec in self.recordings:
+            record = self.state.record(rec.key)
+            if not self.state.is_current(rec, record, self.save_windows):
+                todo.append(rec)
+                if record is not None and record["status"] != "failed":
+                    changed += 1
+                    logger.warning("%s changed since it was scanned (size or modification time); scanning it again",
+                                   rec.display_path)
         done_before = len(self.recordings) - len(todo)
         if done_before:
             logger.info("resuming: %d of %d recordings already done in %s", done_before, len(self.recordings), self.out)
@@ -242,54 +185,76 @@ class ScanRun:
         finally:
             prefetch.close()
             bar.close()
-        return self.finalize(time.perf_counter() - t0, done_before)
+        return finalize(self.state, time.perf_counter() - t0, done_before)
 
-    def finalize(self, wall_seconds: float, done_before: int) -> ScanSummary:
-        """Assemble the run's outputs from the committed parts, in plan order."""
-        records = [self.state.record(r) for r in self.recordings]
-        parts = [self.state.part(r, "events") for r, rec in zip(self.recordings, records) if rec["status"] != "failed"]
-        frames = [read_parquet(p) for p in parts]
-        events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(EVENT_COLUMNS))
-        write_parquet(events, self.out / "detections.parquet", self.params())
-        if self.save_windows:
-            self._write_windows(records)
-        table = pd.DataFrame(records).reindex(columns=RECORDING_COLUMNS + ["scan_seconds"])
-        write_csv(table[RECORDING_COLUMNS], self.out / "recordings.csv")
-        failed = table[table["status"] != "ok"]
-        write_csv(failed.rename(columns={"error_kind": "kind", "error": "message"})[["path", "recording", "status", "kind", "message"]],
-                   self.out / "failures.csv")
-        summary = ScanSummary(self.out, len(records), int((table["status"] != "failed").sum()),
-                              int((table["status"] != "ok").sum()), len(events), float(table["duration_s"].sum()) / 3600,
-                              wall_seconds, float(table["scan_seconds"].sum()), done_before,
-                              {str(k): int(v) for k, v in events["species"].value_counts().sort_index().items()})
-        self._write_run_json(summary, table)
-        return summary
 
-    def _write_windows(self, records: list[dict[str, Any]]) -> None:
-        parts = [self.state.part(r, "windows") for r, rec in zip(self.recordings, records) if rec["status"] != "failed"]
-        tables = [pq.read_table(p) for p in parts]
-        meta = {"classes": list(self.model.info.classes), "reject_class": self.model.info.reject_class,
-                "clip_seconds": self.model.info.clip_seconds, "low_freq_hz": self.model.info.frontend.fmin_hz,
-                "high_freq_hz": self.model.info.frontend.upper_hz, "params": self.params()}
-        table = pa.concat_tables(tables) if tables else pa.table({"recording": pa.array([], pa.string())})
-        table = table.replace_schema_metadata({b"primate_monitor": json.dumps(meta, sort_keys=True).encode()})
-        with atomic_write(self.out / "windows.parquet") as tmp:
-            pq.write_table(table, tmp)
+def printable_path(path: str | Path) -> str:
+    """An input argument as absolute, printable text (for run parameters)."""
+    from .fsutil import printable
 
-    def _write_run_json(self, summary: ScanSummary, table: pd.DataFrame) -> None:
-        run = {"version": __version__, "parameters": self.params(), "started": self.state.started(), "finished": _now(),
-               "model": {"name": self.model.name, "path": str(self.model.path.resolve()), "architecture": self.model.info.model,
-                         "sample_rate": self.model.info.sample_rate, "classes": list(self.model.info.classes)},
-               "totals": {"files": summary.files, "scanned": summary.scanned, "failed": summary.failed,
-                          "truncated": int(table.get("truncated", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()),
-                          "audio_hours": round(summary.audio_hours, 6), "events": summary.events,
-                          "events_per_species": summary.species_counts,
-                          "wall_seconds_this_run": round(summary.wall_seconds, 3),
-                          "processing_seconds": round(summary.processing_seconds, 3),
-                          "times_real_time": round(summary.times_real_time, 1),
-                          "resumed_recordings": summary.skipped_done}}
-        with atomic_write(self.out / "run.json") as tmp:
-            tmp.write_text(json.dumps(run, indent=2) + "\n")
+    return printable(str(Path(path).absolute()))
+
+
+def finalize(state: ScanState, wall_seconds: float = 0.0, done_before: int = 0) -> ScanSummary:
+    """Assemble OUT's run-level files from the committed parts alone, in plan order.
+
+    Built from the state, not from a live model, so that ``detect`` can rebuild every file
+    of a folder after rewriting its events: all files in one folder always agree."""
+    out, meta = state.out, state.meta()
+    params = meta["params"]
+    keys, folder_errors = state.plan()
+    records = [state.record(k) for k in keys]
+    missing = [k for k, r in zip(keys, records) if r is None]
+    if missing:
+        raise ScanError(f"{out}: {len(missing)} planned recording(s) have no committed result; rerun the scan to finish")
+    scanned = [k for k, r in zip(keys, records) if r["status"] != "failed"]
+    frames = [read_parquet(state.part(k, "events")) for k in scanned]
+    events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(EVENT_COLUMNS))
+    write_parquet(events, out / "detections.parquet", params)
+    if params.get("save_window_scores"):
+        _write_windows(state, scanned, meta)
+    table = pd.DataFrame(records).reindex(columns=RECORDING_COLUMNS + ["scan_seconds"])
+    write_csv(table[RECORDING_COLUMNS], out / "recordings.csv")
+    failed = table[table["status"] != "ok"].rename(columns={"error_kind": "kind", "error": "message"})[FAILURE_COLUMNS]
+    folders = pd.DataFrame([{"path": f, "recording": "", "status": "failed", "kind": "unreadable_folder",
+                             "message": f"{f}: cannot list this folder ({reason}); its files were not scanned"}
+                            for f, reason in folder_errors], columns=FAILURE_COLUMNS)
+    write_csv(pd.concat([failed, folders], ignore_index=True) if len(folders) else failed, out / "failures.csv")
+    summary = ScanSummary(out, len(records), int((table["status"] != "failed").sum()),
+                          int((table["status"] != "ok").sum()) + len(folder_errors), len(events),
+                          float(table["duration_s"].sum()) / 3600, wall_seconds, float(table["scan_seconds"].sum()),
+                          done_before, {str(k): int(v) for k, v in events["species"].value_counts().sort_index().items()})
+    _write_run_json(state, summary, table, len(folder_errors))
+    return summary
+
+
+def _write_windows(state: ScanState, keys: list[str], meta: dict[str, Any]) -> None:
+    model = meta["model"]
+    tables = [pq.read_table(state.part(k, "windows")) for k in keys]
+    info = {"classes": model["classes"], "reject_class": model["reject_class"], "clip_seconds": model["clip_seconds"],
+            "low_freq_hz": model["low_freq_hz"], "high_freq_hz": model["high_freq_hz"], "params": meta["params"]}
+    table = pa.concat_tables(tables) if tables else pa.table({"recording": pa.array([], pa.string())})
+    table = table.replace_schema_metadata({b"primate_monitor": json.dumps(info, sort_keys=True).encode()})
+    with atomic_write(state.out / "windows.parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def _write_run_json(state: ScanState, summary: ScanSummary, table: pd.DataFrame, unreadable_folders: int) -> None:
+    meta = state.meta()
+    model = meta["model"]
+    run = {"version": __version__, "parameters": meta["params"], "started": meta["started"], "finished": now(),
+           "model": {k: model[k] for k in ("name", "path", "architecture", "sample_rate", "classes")},
+           "totals": {"files": summary.files, "scanned": summary.scanned, "failed": summary.failed,
+                      "unreadable_folders": unreadable_folders,
+                      "truncated": int(table.get("truncated", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()),
+                      "audio_hours": round(summary.audio_hours, 6), "events": summary.events,
+                      "events_per_species": summary.species_counts,
+                      "wall_seconds_this_run": round(summary.wall_seconds, 3),
+                      "processing_seconds": round(summary.processing_seconds, 3),
+                      "times_real_time": round(summary.times_real_time, 1),
+                      "resumed_recordings": summary.skipped_done}}
+    with atomic_write(state.out / "run.json") as tmp:
+        tmp.write_text(json.dumps(run, indent=2) + "\n")
 
 
 def _duration_or_zero(path: Path) -> float:
@@ -301,7 +266,10 @@ def _duration_or_zero(path: Path) -> float:
 
 def scanned_recordings(scan_dir: str | Path) -> pd.DataFrame:
     """Rows of OUT/recordings.csv for recordings that were scanned (ok or partial), in plan order."""
-    table = pd.read_csv(Path(scan_dir) / "recordings.csv", keep_default_na=False)
+    path = Path(scan_dir) / "recordings.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{scan_dir}: not a scan output folder (no recordings.csv)")
+    table = pd.read_csv(path, keep_default_na=False)
     return table[table["status"] != "failed"].reset_index(drop=True)
 
 

@@ -7,6 +7,7 @@ knows one recording at a time.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,19 @@ from .writers import EVENT_COLUMNS
 logger = logging.getLogger(__name__)
 
 
+MIN_HOP_SECONDS = 0.01  # finer than one front-end frame (10 ms) scores the same audio again and again
+
+
+def check_hop(hop_seconds: float, sample_rate: int) -> int:
+    """The hop in samples at the model's rate; ValueError unless it is at least one sample.
+
+    Checked before a scan writes anything: a hop that rounds to 0 samples would never advance."""
+    hop = seconds_to_samples(hop_seconds, sample_rate) if math.isfinite(hop_seconds) and hop_seconds >= 0 else 0
+    if hop < 1:
+        raise ValueError(f"hop {hop_seconds!r} s is less than one sample at the model's {sample_rate} Hz")
+    return hop
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     """How a recording is scanned. Everything that changes the results is here."""
@@ -38,8 +52,9 @@ class ScanConfig:
     block_seconds: float = BLOCK_SECONDS  # source audio decoded per read, s
 
     def __post_init__(self) -> None:
-        if not self.hop_seconds > 0:
-            raise ValueError(f"hop must be positive seconds, got {self.hop_seconds}")
+        if isinstance(self.hop_seconds, bool) or not isinstance(self.hop_seconds, (int, float)) \
+                or not math.isfinite(self.hop_seconds) or self.hop_seconds < MIN_HOP_SECONDS:
+            raise ValueError(f"hop must be a finite number of seconds >= {MIN_HOP_SECONDS}, got {self.hop_seconds!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.batch_size < 1:
@@ -146,9 +161,14 @@ def build_events(ctx: EventContext, options: EventOptions, recording: str, path:
     return events[list(EVENT_COLUMNS)].reset_index(drop=True)
 
 
-def events_table(scores: RecordingScores, model: LoadedModel, options: EventOptions, recording: str) -> pd.DataFrame:
-    """Events of one scored recording (see build_events)."""
-    return build_events(EventContext.from_model(model), options, recording, str(scores.path.resolve()), scores.start,
+def events_table(scores: RecordingScores, model: LoadedModel, options: EventOptions, recording: str,
+                 path: str | None = None) -> pd.DataFrame:
+    """Events of one scored recording (see build_events); ``path`` (default: the file's absolute
+    path, printable) fills the recording_path column."""
+    from .fsutil import printable
+
+    path = path if path is not None else printable(str(scores.path.absolute()))
+    return build_events(EventContext.from_model(model), options, printable(recording), path, scores.start,
                         scores.starts_s, scores.scores, scores.duration_s)
 
 

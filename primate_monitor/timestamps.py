@@ -34,9 +34,15 @@ _COMMENT_RE = re.compile(
     r"\(UTC(?:(?P<sign>[+-])(?P<oh>\d{1,2})(?::(?P<om>\d{2}))?)?\)"
 )
 MAX_UTC_OFFSET_HOURS = 14  # the largest offset in use (Line Islands, UTC+14)
+# Years a recording can plausibly start in. Outside them a name like 99991231_235959 is not a
+# date (and its end time would overflow datetime past year 9999), so the start is unknown.
+MIN_YEAR, MAX_YEAR = 1900, 2999
 
 
 def _datetime(m: re.Match[str], tz: timezone) -> datetime | None:
+    if not MIN_YEAR <= int(m["y"]) <= MAX_YEAR:
+        logger.warning("%s: year %s is outside %d-%d; start time left unknown", m.string, m["y"], MIN_YEAR, MAX_YEAR)
+        return None
     try:
         return datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]), tzinfo=tz)
     except ValueError:  # month 13, 31 April, hour 24, ...

@@ -1,0 +1,217 @@
+"""OUT/.scan-state: what a scan has committed, and the only list of files it may delete.
+
+The state holds the run's parameters and model, the plan (output order and folders that
+could not be read), and one JSON record per finished recording with the file's
+fingerprint and the outputs written for it. Everything is JSON or Parquet: nothing here
+is ever unpickled.
+
+Two rules follow from it:
+- a recording counts as done only when its record landed (parts and tables first, the
+  record last, each written atomically), and only while the file's fingerprint still matches;
+- ``--overwrite`` and the clean-up of recordings that left the plan delete exactly the
+  files a record or the manifest names, never anything else in OUT.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .fsutil import atomic_write, safe_relative
+from .scan_plan import Recording, ScanError
+from .writers import get_writer, write_parquet
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = ".scan-state"
+TOP_OUTPUTS = ("detections.parquet", "windows.parquet", "failures.csv", "recordings.csv", "run.json")
+OUTPUT_DIRS = ("raven", "plots")
+PER_RECORDING_WRITERS = ("raven",)  # tables written beside the Parquet for every recording
+_PARAMS, _PLAN, _EXTRA = "params.json", "plan.json", "extra_outputs.json"
+
+
+def now() -> str:
+    """UTC now, ISO 8601 to the second, for run.json and the state."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def per_recording_output(writer: str, rel: str) -> str:
+    """Where a per-recording table of ``rel`` goes, relative to OUT (always under its folder)."""
+    return f"{writer}/{safe_relative(rel)}{get_writer(writer).suffix}"
+
+
+class ScanState:
+    """The scan state of one output folder (see the module docstring)."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.dir = self.out / STATE_DIR
+
+    # -- the run ---------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.dir / _PARAMS).is_file()
+
+    def meta(self) -> dict[str, Any]:
+        """params.json: {"params", "model", "started"}."""
+        return json.loads((self.dir / _PARAMS).read_text())
+
+    def params(self) -> dict[str, Any]:
+        return self.meta()["params"]
+
+    def foreign_outputs(self) -> list[str]:
+        """Files in OUT under the names a scan writes, when no scan state claims them."""
+        found = [name for name in TOP_OUTPUTS if (self.out / name).exists()]
+        for folder in OUTPUT_DIRS:
+            if (self.out / folder).is_dir():
+                found += [p.relative_to(self.out).as_posix() for p in sorted((self.out / folder).rglob("*")) if not p.is_dir()]
+        return found
+
+    def begin(self, params: dict[str, Any], model: dict[str, Any], overwrite: bool) -> None:
+        """Start or resume. A different-parameter scan is refused unless ``overwrite`` (which
+        deletes only this tool's files); OUT files no scan state claims are never touched."""
+        if overwrite and self.exists():
+            self.clear()
+        if self.exists():
+            saved = self.params()
+            if saved != params:
+                if not self.keys():  # nothing committed yet: nothing to protect
+                    logger.info("%s: replacing the parameters of a scan that committed nothing", self.out)
+                    _write_json(self.dir / _PARAMS, {"params": params, "model": model, "started": now()})
+                    return
+                diff = sorted(k for k in set(saved) | set(params) if saved.get(k) != params.get(k))
+                raise ScanError(f"{self.out} holds a scan made with different parameters (differs: {', '.join(diff)}); "
+                                "rerun with the same options to resume, or pass --overwrite to replace that scan's "
+                                "files (only files primate-monitor wrote are deleted)")
+            return
+        foreign = self.foreign_outputs()
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ScanError(f"{self.out} already holds {shown}, which no primate-monitor scan in this folder wrote; "
+                            "primate-monitor never deletes files it did not write, so pick another -o or move them away")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self.dir / _PARAMS, {"params": params, "model": model, "started": now()})
+
+    def update_params(self, params: dict[str, Any]) -> None:
+        """New parameters for the committed results (``detect`` rewrote them in place)."""
+        _write_json(self.dir / _PARAMS, self.meta() | {"params": params})
+
+    def set_plan(self, recordings: Sequence[Recording], folder_errors: Sequence[tuple[str, str]]) -> None:
+        """Remember the output order and the unreadable folders, so outputs can be rebuilt from
+        the state alone (``detect``) in the order the scan wrote them."""
+        _write_json(self.dir / _PLAN, {"keys": [r.key for r in recordings],
+                                       "folder_errors": [list(e) for e in folder_errors]})
+
+    def plan(self) -> tuple[list[str], list[tuple[str, str]]]:
+        saved = json.loads((self.dir / _PLAN).read_text())
+        return saved["keys"], [tuple(e) for e in saved["folder_errors"]]
+
+    # -- recordings ------------------------------------------------------------------------
+    def keys(self) -> set[str]:
+        """Keys of every committed record."""
+        return {p.name[:-5] for p in self.dir.glob("*.json") if p.name not in (_PARAMS, _PLAN, _EXTRA)}
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        path = self.dir / f"{key}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def part(self, key: str, name: str) -> Path:
+        return self.dir / f"{key}.{name}.parquet"
+
+    def is_current(self, rec: Recording, record: dict[str, Any] | None, windows: bool = False) -> bool:
+        """Done and still valid: committed, not failed, its parts on disk (``windows``: the window
+        scores too), and the file unchanged since."""
+        if record is None or record["status"] == "failed" or record.get("fingerprint") != rec.fingerprint():
+            return False
+        return all(self.part(rec.key, name).is_file() for name in ("events", "windows")[: 1 + windows])
+
+    def write_tables(self, rel: str, events: pd.DataFrame) -> list[str]:
+        """The per-recording tables of one recording; returns their paths relative to OUT."""
+        written = []
+        for name in PER_RECORDING_WRITERS:
+            target = per_recording_output(name, rel)
+            get_writer(name)().write(events, self.out / target)
+            written.append(target)
+        return written
+
+    def commit(self, rec: Recording, record: dict[str, Any], events: pd.DataFrame | None,
+               windows: pd.DataFrame | None) -> None:
+        """Parts and tables first, the JSON record last: a recording is done only once all landed."""
+        outputs: list[str] = []
+        if events is not None:
+            write_parquet(events, self.part(rec.key, "events"), {})
+            outputs = self.write_tables(rec.rel, events)
+        if windows is not None:
+            with atomic_write(self.part(rec.key, "windows")) as tmp:
+                windows.to_parquet(tmp, index=False)
+        _write_json(self.dir / f"{rec.key}.json", record | {"outputs": outputs})
+
+    def forget(self, key: str) -> None:
+        """Drop a recording's record (first, so it is no longer done), parts and tables."""
+        record = self.record(key)
+        _unlink(self.dir / f"{key}.json")
+        for name in ("events", "windows"):
+            _unlink(self.part(key, name))
+        outputs = (record or {}).get("outputs")
+        if outputs is None and record is not None and record["status"] != "failed":  # a record of an older version
+            outputs = [per_recording_output(name, record["recording"]) for name in PER_RECORDING_WRITERS]
+        for target in outputs or []:
+            _unlink(self.out / target)
+        self._prune_empty_dirs()
+
+    # -- files written outside the per-recording commits -----------------------------------
+    def add_outputs(self, paths: Iterable[Path]) -> None:
+        """Name more files this scan wrote (plots), so --overwrite may delete them later."""
+        extra = set(self._extra()) | {Path(p).relative_to(self.out).as_posix() for p in paths}
+        _write_json(self.dir / _EXTRA, sorted(extra))
+
+    def _extra(self) -> list[str]:
+        path = self.dir / _EXTRA
+        return json.loads(path.read_text()) if path.is_file() else []
+
+    def clear(self) -> None:
+        """Delete this scan's files, and only those: the ones its records and manifest name,
+        the run-level outputs, then folders this left empty, then the state itself."""
+        for key in self.keys():
+            self.forget(key)
+        for target in self._extra():
+            _unlink(self.out / target)
+        for name in TOP_OUTPUTS:
+            _unlink(self.out / name)
+        for name in (_PARAMS, _PLAN, _EXTRA):
+            _unlink(self.dir / name)
+        for leftover in self.dir.glob(".*.tmp"):  # our atomic_write temps, left by a kill -9
+            _unlink(leftover)
+        self._prune_empty_dirs()
+        try:
+            self.dir.rmdir()
+        except OSError:
+            logger.warning("%s holds files primate-monitor did not write; left in place", self.dir)
+
+    def _prune_empty_dirs(self) -> None:
+        for folder in OUTPUT_DIRS:
+            root = self.out / folder
+            if not root.is_dir():
+                continue
+            for sub in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                if not any(sub.iterdir()):
+                    sub.rmdir()
+            if not any(root.iterdir()):
+                root.rmdir()
