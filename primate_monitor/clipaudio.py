@@ -1,36 +1,84 @@
-"""Decoded, resampled audio for labelled clips, cached on disk with joblib.
+"""Decoded, resampled audio for labelled clips, cached on disk as plain ``.npy`` arrays.
 
 Decoding and resampling dominate a data pipeline that reads each clip thousands of
 times, so each clip is decoded once per (file version, sample rate) and kept in memory;
-the joblib cache keeps it across runs (``--resume``, evaluate after train).
+the on-disk cache keeps it across runs (``--resume``, evaluate after train).
+
+The cache holds nothing but float32 arrays read with ``allow_pickle=False``: a run folder
+is data a user may have copied from anywhere, and a pickle in it (as the old joblib cache
+was) would run code on ``train --resume``. A cache file that is not a plain 1-D float32
+array is ignored and decoded again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import joblib
 import numpy as np
 
 from .audio import AudioReadError, load_audio
+from .config import PADDINGS
 from .data import Clip, DataError
+from .fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
 
-
-def _decode(path: str, mtime_ns: int, size: int, sample_rate: int, start_s: float, end_s: float | None) -> np.ndarray:
-    """Cache key includes mtime and size so an edited file is decoded again."""
-    del mtime_ns, size
-    return load_audio(path, sample_rate, start_s=start_s, end_s=end_s)
+CACHE_VERSION = 2  # part of every key: bump when decoding changes what a clip's samples are
+CACHE_SUBDIR = "clips-v2"  # under cache_dir; the old joblib layout (cache_dir/joblib) is never read
 
 
-def _decode_one(clip: Clip, sample_rate: int, memory: joblib.Memory | None) -> np.ndarray | str:
+def cache_key(clip: Clip, sample_rate: int) -> str:
+    """SHA-256 of what determines a clip's decoded samples: the file (resolved path, size,
+    mtime in ns), the stretch and the sample rate. An edited file gets a new key, so a stale
+    entry is never used; two runs over the same files share entries."""
+    stat = clip.path.stat()
+    ident = {"v": CACHE_VERSION, "path": str(clip.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+             "sample_rate": sample_rate, "start_s": clip.start_s, "end_s": clip.end_s}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    return cache_dir / CACHE_SUBDIR / key[:2] / f"{key}.npy"
+
+
+def _read_cached(path: Path) -> np.ndarray | None:
+    """The cached samples, or None when the entry is missing or not a plain float32 vector."""
+    try:
+        audio = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as e:  # truncated, foreign or pickled: decode again
+        logger.warning("ignoring unusable cache entry %s (%s)", path, e)
+        return None
+    if not isinstance(audio, np.ndarray) or audio.dtype != np.float32 or audio.ndim != 1:
+        logger.warning("ignoring cache entry %s: not a float32 vector", path)
+        return None
+    return audio
+
+
+def _write_cached(path: Path, audio: np.ndarray) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(audio, dtype=np.float32), allow_pickle=False)
+    except OSError as e:  # a cache that cannot be written only costs time
+        logger.warning("cannot write cache entry %s: %s", path, e)
+
+
+def _decode_one(clip: Clip, sample_rate: int, cache_dir: Path | None) -> np.ndarray | str:
     """The clip's samples, or an error message (so a worker never dies on a bad file)."""
     try:
-        stat = clip.path.stat()
-        fn = memory.cache(_decode) if memory is not None else _decode
-        audio = fn(str(clip.path), stat.st_mtime_ns, stat.st_size, sample_rate, clip.start_s, clip.end_s)
+        entry = _cache_file(cache_dir, cache_key(clip, sample_rate)) if cache_dir is not None else None
+        audio = _read_cached(entry) if entry is not None else None
+        if audio is None:
+            audio = np.asarray(load_audio(clip.path, sample_rate, start_s=clip.start_s, end_s=clip.end_s), dtype=np.float32)
+            if entry is not None and audio.size:
+                _write_cached(entry, audio)
     except (AudioReadError, OSError) as e:
         return str(e) if isinstance(e, AudioReadError) else f"{clip.path}: {e}"
     if audio.size == 0:
@@ -46,10 +94,14 @@ def decode_clips(
     Returns the clips that decoded, their audio, and (clip, reason) for those that did not.
     Without ``skip_bad`` the first unreadable clip raises DataError naming it.
     """
-    memory = joblib.Memory(str(cache_dir), verbose=0) if cache_dir is not None else None
-    results = joblib.Parallel(n_jobs=workers, prefer="processes" if workers > 1 else None)(
-        joblib.delayed(_decode_one)(c, sample_rate, memory) for c in clips
-    )
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if workers > 1 and len(clips) > 1:
+        # spawn, not fork: forking a process that already runs torch threads can deadlock
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            chunk = max(1, len(clips) // (4 * workers))
+            results = list(pool.map(_decode_one, clips, [sample_rate] * len(clips), [cache] * len(clips), chunksize=chunk))
+    else:
+        results = [_decode_one(c, sample_rate, cache) for c in clips]
     good, audio, bad = [], [], []
     for clip, result in zip(clips, results):
         if isinstance(result, str):
@@ -63,23 +115,89 @@ def decode_clips(
     return good, audio, bad
 
 
-def fit_length(audio: np.ndarray, n_samples: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Zero-pad a short clip at the end (as the paper does); crop a long one.
+# How a clip shorter than the window is presented to the network (config key ``padding``).
+# zeros_end is the paper's; the others exist because zero padding stalls learning on short
+# clips (docs/short_clips.md): most frames sit at the log floor, bn0's statistics are
+# those of the padding, and batch-wide SpecAugment stripes fall on every call at once.
+PAPER_PADDING = "zeros_end"  # what a checkpoint without a ``padding`` key was trained with
 
-    With ``rng`` the crop offset is random (training); without, it is the start.
+
+def pad_train(
+    audio: np.ndarray, n_samples: int, padding: str, rng: np.random.Generator,
+    background: list[np.ndarray] | None = None,
+) -> np.ndarray:
+    """One training window of ``n_samples``: a random crop of a long clip, or a short clip
+    padded by ``padding`` with random placement, so the network sees the call anywhere.
+
+    - ``zeros_end``: the clip at the start, zeros after (the paper);
+    - ``random_offset``: the clip at a random offset, zeros around;
+    - ``repeat``: the clip tiled over the window from a random phase;
+    - ``background``: the clip at a random offset inside a stretch of real background
+      built from ``background`` clips (reject-class training clips); without any, zeros.
     """
-    if len(audio) < n_samples:
-        return np.pad(audio, (0, n_samples - len(audio)))
-    offset = int(rng.integers(0, len(audio) - n_samples + 1)) if rng is not None else 0
-    return audio[offset : offset + n_samples]
+    n = len(audio)
+    if n >= n_samples:
+        offset = int(rng.integers(0, n - n_samples + 1))
+        return audio[offset : offset + n_samples]
+    if padding == "zeros_end":
+        return np.pad(audio, (0, n_samples - n))
+    if padding == "repeat":
+        return _tile(audio, n_samples, int(rng.integers(0, n)))
+    offset = int(rng.integers(0, n_samples - n + 1))
+    if padding == "background" and background:
+        out = _background_fill(background, n_samples, rng).astype(audio.dtype, copy=False)
+    elif padding in ("random_offset", "background"):
+        out = np.zeros(n_samples, dtype=audio.dtype)
+    else:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    out[offset : offset + n] = audio
+    return out
 
 
-def eval_windows(audio: np.ndarray, n_samples: int, hop_samples: int) -> np.ndarray:
-    """(n_windows, n_samples) windows over a clip for evaluation: one padded window for a
-    short clip; for a long one every ``hop`` plus a final window flush with the end, so that
-    the clip score can be the maximum over windows covering all of it."""
+def pad_eval(audio: np.ndarray, n_samples: int, padding: str) -> np.ndarray:
+    """The one deterministic window evaluation, validation and prediction use for a clip of
+    at most ``n_samples``: the training rule of ``padding`` with its random choice fixed
+    (zeros_end: at the start; repeat: tiled from phase 0; random_offset and background:
+    centred in zeros, since no training background travels with a checkpoint)."""
+    n = len(audio)
+    if n >= n_samples:
+        return audio[:n_samples]
+    if padding == "zeros_end":
+        return np.pad(audio, (0, n_samples - n))
+    if padding == "repeat":
+        return _tile(audio, n_samples, 0)
+    if padding in ("random_offset", "background"):
+        before = (n_samples - n) // 2
+        return np.pad(audio, (before, n_samples - n - before))
+    raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+
+
+def _tile(audio: np.ndarray, n_samples: int, phase: int) -> np.ndarray:
+    """``audio`` repeated end to end, starting ``phase`` samples into it, cut to n_samples."""
+    reps = -(-(n_samples + phase) // len(audio))
+    return np.tile(audio, reps)[phase : phase + n_samples]
+
+
+def _background_fill(background: list[np.ndarray], n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_samples`` of real background: random stretches of random background clips, end to end."""
+    pieces, total = [], 0
+    while total < n_samples:
+        clip = background[int(rng.integers(0, len(background)))]
+        want = n_samples - total
+        if len(clip) > want:
+            start = int(rng.integers(0, len(clip) - want + 1))
+            clip = clip[start : start + want]
+        pieces.append(clip)
+        total += len(clip)
+    return np.concatenate(pieces)
+
+
+def eval_windows(audio: np.ndarray, n_samples: int, hop_samples: int, padding: str = PAPER_PADDING) -> np.ndarray:
+    """(n_windows, n_samples) windows over a clip for evaluation: one window padded by
+    ``pad_eval`` for a short clip; for a long one every ``hop`` plus a final window flush
+    with the end, so that the clip score can be the maximum over windows covering all of it."""
     if len(audio) <= n_samples:
-        return fit_length(audio, n_samples)[None, :]
+        return pad_eval(audio, n_samples, padding)[None, :]
     starts = list(range(0, len(audio) - n_samples + 1, hop_samples))
     if starts[-1] != len(audio) - n_samples:
         starts.append(len(audio) - n_samples)

@@ -6,6 +6,7 @@ key, and an unknown key is an error that lists the valid ones.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -13,6 +14,12 @@ from typing import Any, Iterable
 import yaml
 
 from .models import MODELS
+
+
+# How a clip shorter than clip_seconds fills the window (primate_monitor.clipaudio.pad_train).
+# zeros_end is the paper's; repeat is the default because short clips learn in far fewer
+# iterations with it and long ones lose nothing (docs/short_clips.md).
+PADDINGS = ("zeros_end", "random_offset", "repeat", "background")
 
 
 class ConfigError(ValueError):
@@ -26,6 +33,7 @@ class TrainConfig:
     model: str = "cnn10"  # one of primate_monitor.models.MODELS
     sample_rate: int = 16000  # Hz; audio is resampled to this
     clip_seconds: float = 3.0  # window length the model sees, s
+    padding: str = "repeat"  # how a shorter clip fills the window: one of PADDINGS (paper: zeros_end)
     reject_class: str = "background"  # the class that means "no primate call"
     iterations: int = 60000  # optimizer steps
     batch_size: int = 32
@@ -63,7 +71,10 @@ class TrainConfig:
         checks = [
             (self.model in MODELS, f"model must be one of {sorted(MODELS)}, got {self.model!r}"),
             (self.sample_rate >= 1000, f"sample_rate must be at least 1000 Hz, got {self.sample_rate}"),
+            (all(math.isfinite(v) for v in (self.clip_seconds, self.lr, self.mixup_alpha, self.eval_hop_seconds)),
+             "clip_seconds, lr, mixup_alpha and eval_hop_seconds must be finite numbers"),
             (self.clip_seconds > 0, "clip_seconds must be positive"),
+            (self.padding in PADDINGS, f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}"),
             (self.iterations >= 1, "iterations must be at least 1"),
             (self.batch_size >= 2, "batch_size must be at least 2"),
             (self.lr > 0, "lr must be positive"),
@@ -72,7 +83,7 @@ class TrainConfig:
             (0.0 < self.ema_decay < 1.0, "ema_decay must be in (0, 1)"),
             (self.ema_start >= 0, "ema_start must be >= 0"),
             (self.eval_every >= 1, "eval_every must be at least 1"),
-            (self.eval_hop_seconds > 0, "eval_hop_seconds must be positive"),
+            (self.eval_hop_seconds * self.sample_rate >= 1, "eval_hop_seconds must be positive and at least one sample"),
             (self.log_every >= 1, "log_every must be at least 1"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (self.data_format in ("auto", "compare", "folders", "raven"), "data_format must be auto, compare, folders or raven"),
@@ -89,8 +100,57 @@ class TrainConfig:
         return asdict(self)
 
 
+# One line per key for `primate-monitor config-keys`; kept beside the dataclass so a new
+# key gets its meaning in the same edit (a test checks that every key has one).
+KEY_HELP: dict[str, str] = {
+    "model": f"network architecture: one of {', '.join(sorted(MODELS))}",
+    "sample_rate": "audio is resampled to this rate (Hz) before the log-mel front end",
+    "clip_seconds": "length of the window the model sees, s (longer clips are cropped, shorter padded)",
+    "padding": "a shorter clip fills the window by: repeat (tiled; default), zeros_end (the paper), random_offset, or background (docs/short_clips.md)",
+    "reject_class": "the class that means 'no primate call' (background)",
+    "iterations": "number of optimizer steps to train for",
+    "batch_size": "clips per optimizer step",
+    "lr": "Adam learning rate",
+    "amsgrad": "use the AMSGrad variant of Adam (as the reference code)",
+    "sampler": "balanced: round robin over classes; random: uniform over clips",
+    "mixup": "MixUp on log-mels with sigmoid + BCE loss; false: softmax + cross-entropy",
+    "mixup_alpha": "MixUp mixing weights are drawn from Beta(alpha, alpha)",
+    "specaugment": "mask random time and frequency stripes of the log-mels",
+    "specaugment_per_example": "draw SpecAugment stripes per clip instead of once per batch",
+    "time_stripes": "at most this many SpecAugment time stripes",
+    "time_stripe_width": "SpecAugment time stripe width, frames, at most",
+    "freq_stripes": "at most this many SpecAugment frequency stripes",
+    "freq_stripe_width": "SpecAugment frequency stripe width, mel bins, at most",
+    "ema": "also keep an exponential moving average of the weights (validated too)",
+    "ema_decay": "EMA decay per step, in (0, 1)",
+    "ema_start": "step from which the EMA averages (it copies the weights before)",
+    "eval_every": "validate on the devel split every this many steps",
+    "eval_hop_seconds": "hop of the windows over a devel clip longer than clip_seconds, s",
+    "log_every": "steps between progress-bar updates",
+    "seed": "random seed (initial weights, sampler, augmentation, devel hold-out)",
+    "device": "auto (CUDA when available), cpu or cuda",
+    "data_format": "layout of DATA: auto, compare (lab/*.csv), folders (one per class) or raven",
+    "train_split": "name of the training split (CSV name or folder)",
+    "devel_split": "name of the validation split (CSV name or folder)",
+    "devel_fraction": "share of recordings held out for devel, per class, when DATA has no devel split",
+    "raven_label_column": "column of Raven selection tables that holds the class label",
+    "raven_background": "turn unannotated stretches of Raven-annotated recordings into reject-class clips",
+    "raven_background_per_file": "at most this many background clips per recording",
+    "skip_bad": "skip unreadable clips (listed in OUT/skipped_clips.csv) instead of failing",
+    "cache_dir": "folder for decoded audio (.npy); null means OUT/cache",
+    "workers": "processes that decode clips",
+}
+
+
 def valid_keys() -> list[str]:
+    """Every config key, in the dataclass's order (for error messages and --set)."""
     return [f.name for f in fields(TrainConfig)]
+
+
+def describe_keys() -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, one-line meaning) for every config key, for ``config-keys``:
+    a user choosing ``--set`` values needs to know what each key takes and does."""
+    return [(f.name, str(f.type), f.default, KEY_HELP.get(f.name, "")) for f in fields(TrainConfig)]
 
 
 def _check_keys(keys: Iterable[str], source: str) -> None:

@@ -13,6 +13,8 @@ Without a devel split (folders or raven without split folders), a seeded
 from __future__ import annotations
 
 import logging
+import os
+import unicodedata
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import pandas as pd
 
 from .audio import find_audio_files, probe
 from .config import TrainConfig
+from .fsutil import printable
 from .raven import read_selection_table
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,32 @@ class Clip:
 
 
 Splits = dict[str, list[Clip]]
+
+# Unicode categories refused in a class label: control (tab, newline, CR, ...), format
+# (zero-width and bidi marks), surrogates (undecodable bytes), line and paragraph separators
+_BAD_LABEL_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+_CHAR_NAMES = {"\t": "tab", "\n": "newline", "\r": "carriage return"}
+
+
+def _char_name(ch: str) -> str:
+    name = _CHAR_NAMES.get(ch) or unicodedata.name(ch, "").lower()
+    return f"{name} U+{ord(ch):04X}" if name else f"U+{ord(ch):04X}"
+
+
+def check_label(label: str, where: str) -> str:
+    """Return ``label`` if it can name a class, else raise DataError naming ``where``.
+
+    Why: a class name ends up in Raven tables (tab-separated), CSV rows, plot titles and
+    file names. An empty label becomes a blank species, and a tab, newline or other control
+    character breaks those files at scan time, long after training accepted it.
+    """
+    if not label:
+        raise DataError(f"{where}: empty class label")
+    bad = sorted({ch for ch in label if unicodedata.category(ch) in _BAD_LABEL_CATEGORIES})
+    if bad:
+        names = ", ".join(map(_char_name, bad))
+        raise DataError(f"{where}: class label {label!r} contains a control character ({names}); rename the class")
+    return label
 
 
 def detect_format(root: Path) -> str:
@@ -91,7 +120,11 @@ def load_compare(root: Path, config: TrainConfig) -> Splits:
             raise DataError(f"{csv}: missing column(s) {sorted(missing)}; expected filename,label")
         if table.empty and csv.stem in (config.train_split, config.devel_split):
             raise DataError(f"{csv}: label file lists no clips (split {csv.stem!r} is empty)")
-        splits[csv.stem] = [Clip(_clip_path(root, f.strip()), lab_.strip()) for f, lab_ in zip(table["filename"], table["label"])]
+        clips = []
+        for row, (f, lab_) in enumerate(zip(table["filename"], table["label"]), start=1):
+            where = f"{csv}, row {row} (filename {f!r})"
+            clips.append(Clip(_clip_path(root, f.strip(), where), check_label(lab_.strip(), where)))
+        splits[csv.stem] = clips
     if not splits:
         raise DataError(f"{lab}: no label files (expected {config.train_split}.csv, {config.devel_split}.csv)")
     for name in (config.train_split, config.devel_split):
@@ -100,10 +133,24 @@ def load_compare(root: Path, config: TrainConfig) -> Splits:
     return splits
 
 
-def _clip_path(root: Path, filename: str) -> Path:
-    """``ROOT/wav/<filename>``; label files that already say ``wav/x.wav`` resolve from ROOT."""
+def _clip_path(root: Path, filename: str, where: str) -> Path:
+    """``ROOT/wav/<filename>``; label files that already say ``wav/x.wav`` resolve from ROOT.
+
+    A row that leads outside DATA (``../../x.wav``, an absolute path) is refused with a
+    DataError naming the row. Why: a label file is data that may come from elsewhere; such
+    a row would train on, and report, files that are not part of the data set. The check is
+    on the text, so a data set whose ``wav/`` is a symlink to another disk still works.
+    """
+    if not filename:
+        raise DataError(f"{where}: empty filename")
+    if os.path.isabs(filename) or filename.startswith(("\\", "/")) or filename[1:3] in (":/", ":\\"):
+        raise DataError(f"{where}: absolute path; filenames must be relative to the data folder {root}")
     in_wav = root / "wav" / filename
-    return in_wav if in_wav.exists() or not (root / filename).is_file() else root / filename
+    use_wav = in_wav.exists() or not (root / filename).is_file()
+    inside = os.path.normpath(("wav/" if use_wav else "") + filename.replace("\\", "/"))
+    if inside == ".." or inside.startswith("../"):
+        raise DataError(f"{where}: path leads outside the data folder {root}; filenames must stay inside it")
+    return in_wav if use_wav else root / filename
 
 
 def _class_folders(folder: Path) -> list[Path]:
@@ -116,7 +163,8 @@ def _files_by_class(folder: Path) -> list[Clip]:
         files = [p for _, p in find_audio_files([class_dir])]
         if not files:
             raise DataError(f"{class_dir}: class folder {class_dir.name!r} holds no audio file")
-        clips += [Clip(p, class_dir.name) for p in files]
+        label = check_label(class_dir.name, f"{printable(str(class_dir))}: class folder")
+        clips += [Clip(p, label) for p in files]
     return clips
 
 
@@ -131,15 +179,49 @@ def load_folders(root: Path, config: TrainConfig) -> Splits:
 
 
 def hold_out(splits: Splits, config: TrainConfig) -> Splits:
-    """Move a seeded ``devel_fraction`` of recordings (not clips) from train to devel."""
+    """Move a seeded ``devel_fraction`` of recordings (not clips) from train to devel,
+    stratified by class.
+
+    Why recordings: clips of one recording in both splits would leak. Why stratified: a
+    plain random share of recordings can leave a class out of devel, and UAR is then
+    averaged over the other classes without anyone noticing. Each class with at least two
+    recordings gets ``round(devel_fraction * n)`` of them (at least one) in devel, as long
+    as every class keeps a training recording; a class that gets no devel clip is named in
+    a warning.
+    """
     clips = splits[config.train_split]
-    recordings = sorted({c.path for c in clips}, key=lambda p: zlib.crc32(f"{config.seed}:{p.name}".encode()))
-    n_devel = max(1, round(len(recordings) * config.devel_fraction)) if len(recordings) > 1 else 0
-    devel_paths = set(recordings[:n_devel])
-    logger.info("no %s split: holding out %d of %d recordings as %s", config.devel_split, n_devel, len(recordings), config.devel_split)
+    order = sorted({c.path for c in clips}, key=lambda p: (zlib.crc32(f"{config.seed}:{p.name}".encode()), str(p)))
+    classes_of: dict[Path, set[str]] = {p: set() for p in order}
+    for c in clips:
+        classes_of[c.path].add(c.label)
+    by_class: dict[str, list[Path]] = {}
+    for p in order:  # each class's recordings in the seeded order
+        for label in classes_of[p]:
+            by_class.setdefault(label, []).append(p)
+    devel: set[Path] = set()
+    # rarest classes first, so their few recordings are not used up by larger classes
+    for label in sorted(by_class, key=lambda k: (len(by_class[k]), k)):
+        recordings = by_class[label]
+        if len(recordings) < 2:
+            continue
+        want = max(1, round(len(recordings) * config.devel_fraction))
+        for p in recordings:
+            if sum(q in devel for q in recordings) >= want:
+                break
+            # keep at least one training recording for every class this recording holds
+            if p not in devel and all(any(q not in devel and q != p for q in by_class[k]) for k in classes_of[p]):
+                devel.add(p)
+    logger.info("no %s split: holding out %d of %d recordings as %s (stratified by class)",
+                config.devel_split, len(devel), len(order), config.devel_split)
+    missing = sorted(k for k, recs in by_class.items() if not any(p in devel for p in recs))
+    for label in missing:
+        n = len(by_class[label])
+        why = "it has only one recording" if n == 1 else "its recordings are needed in train for other classes"
+        logger.warning("class %r gets no %s clip (%s): its recall is not measured and UAR is averaged over the other classes",
+                       label, config.devel_split, why)
     return {
-        config.train_split: [c for c in clips if c.path not in devel_paths],
-        config.devel_split: [c for c in clips if c.path in devel_paths],
+        config.train_split: [c for c in clips if c.path not in devel],
+        config.devel_split: [c for c in clips if c.path in devel],
     }
 
 
@@ -167,10 +249,11 @@ def _selection_clips(audio: Path, table: pd.DataFrame, config: TrainConfig, tabl
     if config.raven_label_column not in table.columns:
         raise DataError(f"{table_path}: no label column {config.raven_label_column!r}; columns are {list(table.columns)} (set raven_label_column)")
     clips = []
-    for begin, end, label in zip(table["Begin Time (s)"], table["End Time (s)"], table[config.raven_label_column]):
+    for row, (begin, end, label) in enumerate(zip(table["Begin Time (s)"], table["End Time (s)"], table[config.raven_label_column]), start=1):
         label = str(label).strip()
         if not label or label.lower() == "nan" or end <= begin:
             raise DataError(f"{table_path}: selection {begin:.3f}-{end:.3f} s has no label or no duration")
+        check_label(label, f"{table_path}, row {row} (selection {begin:.3f}-{end:.3f} s, column {config.raven_label_column!r})")
         # a selection shorter than a clip gets a clip centred on it
         pad = max(0.0, (config.clip_seconds - (end - begin)) / 2)
         clips.append(Clip(audio, label, max(0.0, begin - pad), end + pad))

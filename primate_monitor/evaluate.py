@@ -2,13 +2,14 @@
 
 A clip longer than the model's window is scored every ``hop`` seconds and its score for
 each class is the maximum over those windows (so a call anywhere in it counts); a
-shorter clip is zero-padded at the end, as in training.
+shorter clip is padded to one window by the rule the model was trained with (``padding``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import LoadedModel
-from .clipaudio import decode_clips
+from .clipaudio import PAPER_PADDING, decode_clips
 from .config import TrainConfig, from_dict
 from .data import UNLABELLED, DataError, load_splits
 from .frontend import LogMel
-from .fsutil import atomic_write, write_csv
+from .fsutil import atomic_write, ensure_output_dir, write_csv
 from .metrics import classification_metrics
 from .plots import plot_confusion
 from .predict import score_clips
@@ -36,15 +37,29 @@ def _data_config(model: LoadedModel, overrides: dict[str, Any]) -> TrainConfig:
     return replace(config, **overrides)
 
 
+def model_padding(model: LoadedModel) -> str:
+    """How the model's training padded short clips; evaluation presents them the same way.
+    A checkpoint from before the ``padding`` key was trained with the paper's zeros."""
+    return str(model.info.config.get("padding", PAPER_PADDING))
+
+
+def check_hop(hop_seconds: float, sample_rate: int) -> None:
+    """Raise ValueError unless the hop is a finite number of seconds of at least one sample:
+    a zero hop would never advance over a long clip, and inf or NaN cannot be rounded."""
+    if not isinstance(hop_seconds, (int, float)) or not math.isfinite(hop_seconds) or hop_seconds * sample_rate < 1:
+        raise ValueError(f"--hop must be a positive, finite number of seconds of at least one sample "
+                         f"(1/{sample_rate} s), got {hop_seconds}")
+
+
 def evaluate(
     model: LoadedModel, data_root: str | Path, split: str, out_dir: str | Path,
     hop_seconds: float = 1.0, skip_bad: bool = False, data_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Score every clip of ``split``; write predictions.csv and, when the split is labelled,
     metrics.json and confusion_matrix.csv/.png. Returns the metrics (None for an unlabelled split)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     info = model.info
+    check_hop(hop_seconds, info.sample_rate)
+    out = ensure_output_dir(out_dir)
     config = _data_config(model, {"skip_bad": skip_bad, "cache_dir": None} | (data_overrides or {}))
     splits = load_splits(data_root, replace(config, devel_split=split))
     clips = splits.get(split, [])
@@ -60,7 +75,8 @@ def evaluate(
     device = next(model.network.parameters()).device
     frontend = LogMel(info.frontend).to(device)
     clip_samples = round(info.clip_seconds * info.sample_rate)
-    scores = score_clips(model.network, frontend, audio, clip_samples, round(hop_seconds * info.sample_rate), info.activation)
+    scores = score_clips(model.network, frontend, audio, clip_samples, round(hop_seconds * info.sample_rate), info.activation,
+                         padding=model_padding(model))
     predictions = pd.DataFrame({"filename": [c.name for c in good], "label": [c.label for c in good],
                                 "predicted": [info.classes[k] for k in scores.argmax(axis=1)]})
     for k, name in enumerate(info.classes):
@@ -74,6 +90,10 @@ def evaluate(
         logger.warning("%d clip(s) labelled %r left out of the metrics", len(good) - len(labelled), UNLABELLED)
     y_true = np.array([info.classes.index(good[i].label) for i in labelled])
     metrics = classification_metrics(y_true, scores[labelled], list(info.classes))
+    if metrics["classes_without_support"]:
+        logger.warning("split %r has no clip of class(es) %s: UAR and mAP are averaged over %d of %d classes",
+                       split, ", ".join(metrics["classes_without_support"]),
+                       len(info.classes) - len(metrics["classes_without_support"]), len(info.classes))
     metrics |= {"split": split, "checkpoint": str(model.path), "model": model.name, "hop_seconds": hop_seconds,
                 "skipped": len(failed)}
     with atomic_write(out / "metrics.json") as tmp:

@@ -35,7 +35,9 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, classes: list
     """UAR, mAP, accuracy and per-class recall, precision, AP and support.
 
     ``scores`` is (clips, classes); the prediction is its argmax. Classes without any
-    true clip are left out of UAR and mAP (their recall and AP are undefined).
+    true clip are left out of UAR and mAP (their recall and AP are undefined); they are
+    listed under ``classes_without_support`` so that callers can warn that the average
+    covers fewer classes than the model has.
     """
     y_true = np.asarray(y_true)
     y_pred = scores.argmax(axis=1)
@@ -51,6 +53,7 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, classes: list
         "map": float(np.mean(ap[present])),
         "accuracy": float(np.trace(cm) / max(1, cm.sum())),
         "n_clips": int(len(y_true)),
+        "classes_without_support": [c for k, c in enumerate(classes) if not present[k]],
         "per_class": {
             c: {
                 "recall": None if np.isnan(recall[k]) else float(recall[k]),

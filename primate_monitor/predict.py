@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .clipaudio import eval_windows
+from .clipaudio import PAPER_PADDING, eval_windows
 from .devices import autocast
 from .frontend import LogMel
 from .models import AudioClassifier
@@ -34,9 +34,11 @@ def score_clips(
     hop_samples: int,
     activation: str,
     batch_size: int = 64,
+    padding: str = PAPER_PADDING,
 ) -> np.ndarray:
     """(clips, classes) scores. A clip longer than the window is scored every ``hop`` and
-    its score for each class is the maximum over its windows; a shorter one is zero-padded."""
+    its score for each class is the maximum over its windows; a shorter one is padded by
+    ``pad_eval(padding)``, the deterministic form of the rule training used."""
     device = next(network.parameters()).device
     was_training = network.training
     network.eval()
@@ -51,7 +53,7 @@ def score_clips(
 
     # windows are built clip by clip so memory stays at one batch, not the whole split
     for i, audio in enumerate(audios):
-        for window in eval_windows(audio, clip_samples, hop_samples):
+        for window in eval_windows(audio, clip_samples, hop_samples, padding):
             pending.append(window)
             owners.append(i)
             if len(pending) == batch_size:

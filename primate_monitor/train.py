@@ -21,9 +21,10 @@ from tqdm import tqdm
 
 from .augment import mixup, specaugment
 from .checkpoint import CheckpointError, ModelInfo, save_checkpoint
-from .clipaudio import decode_clips, fit_length
+from .clipaudio import decode_clips, pad_train
 from .config import TrainConfig
 from .data import Clip, DataError, check_classes, load_splits, summarize
+from .fsutil import atomic_write, ensure_output_dir, write_csv
 from .devices import autocast, resolve_device
 from .ema import EMA
 from .frontend import FrontEndConfig, LogMel
@@ -38,6 +39,37 @@ logger = logging.getLogger(__name__)
 BEST_NAME = "best.safetensors"  # the model to scan with: best devel UAR
 RESUME_NAME = "resume.safetensors"  # everything --resume needs
 LOG_NAME = "train_log.csv"
+SKIPPED_NAME = "skipped_clips.csv"
+LOG_COLUMNS = ["step", "loss", "uar_raw", "map_raw", "uar_ema", "map_ema", "seconds"]
+# what train writes into OUT (the decoded-audio cache aside): what makes a folder a run,
+# and all that --overwrite removes
+RUN_FILES = (BEST_NAME, "best.json", RESUME_NAME, LOG_NAME, SKIPPED_NAME)
+
+
+class RunExistsError(ValueError):
+    """OUT already holds a training run and neither --resume nor --overwrite was given."""
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """The earlier run's files in ``out`` that this run will replace (only with ``overwrite``).
+
+    Why: training into a folder that holds a run would silently replace its checkpoints
+    and mix two runs in one log; the user must say whether to continue it (--resume) or
+    replace it (--overwrite), and --overwrite touches only files that train writes.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run in OUT, or replace it")
+    if resume:
+        return []
+    existing = [out / name for name in RUN_FILES if (out / name).exists()]
+    if overwrite:
+        return existing
+    if any(p.name != SKIPPED_NAME for p in existing):
+        raise RunExistsError(
+            f"{out} already holds a training run ({', '.join(p.name for p in existing)}); "
+            f"use --resume to continue it, another -o for a new run, or --overwrite to replace it"
+        )
+    return existing  # at most a stale skipped-clips list from an attempt that never trained
 
 
 @dataclass
@@ -56,17 +88,23 @@ def prepare_split(clips: list[Clip], classes: list[str], config: TrainConfig, ca
     return LabelledAudio(good, audio, labels, bad)
 
 
-def make_batch(data: LabelledAudio, idx: np.ndarray, clip_samples: int, rng: np.random.Generator) -> torch.Tensor:
-    """(batch, samples) float32: random crops of long clips, zero-padded short ones."""
-    return torch.from_numpy(np.stack([fit_length(data.audio[i], clip_samples, rng) for i in idx]).astype(np.float32))
+def make_batch(data: LabelledAudio, idx: np.ndarray, clip_samples: int, rng: np.random.Generator,
+               padding: str = "zeros_end", background: list[np.ndarray] | None = None) -> torch.Tensor:
+    """(batch, samples) float32: random crops of long clips, short ones padded by ``padding``
+    (``clipaudio.pad_train``; ``background`` are the reject-class clips for that mode)."""
+    return torch.from_numpy(np.stack([pad_train(data.audio[i], clip_samples, padding, rng, background)
+                                      for i in idx]).astype(np.float32))
 
 
 class Trainer:
     """Holds the state of one run; ``run()`` is the loop."""
 
-    def __init__(self, data_root: str | Path, out_dir: str | Path, config: TrainConfig, resume: bool = False) -> None:
-        self.config, self.out = config, Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+    def __init__(self, data_root: str | Path, out_dir: str | Path, config: TrainConfig, resume: bool = False,
+                 overwrite: bool = False) -> None:
+        self.config, self.out = config, ensure_output_dir(out_dir)
+        replaced = check_run_folder(self.out, resume, overwrite)
+        if resume and not (self.out / RESUME_NAME).is_file():
+            raise CheckpointError(f"{self.out / RESUME_NAME}: nothing to resume from (no resume state in {self.out})")
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         splits = load_splits(data_root, config)
@@ -79,6 +117,10 @@ class Trainer:
         self.train_data = prepare_split(splits[config.train_split], self.classes, config, cache, config.train_split)
         devel = [c for c in splits[config.devel_split] if c.label != "?"]
         self.devel_data = prepare_split(devel, self.classes, config, cache, config.devel_split)
+        self._check_coverage()
+        for path in replaced:  # only now that the data is known to be usable
+            path.unlink(missing_ok=True)
+            logger.info("removed %s, written by an earlier run", path)
         self._report_bad()
         # counts of the clips actually used (after --skip-bad), stored in the checkpoint
         self.summary = summarize({config.train_split: self.train_data.clips, config.devel_split: self.devel_data.clips})
@@ -90,21 +132,51 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, amsgrad=config.amsgrad)
         self.ema = EMA(self.model, config.ema_decay, config.ema_start) if config.ema else None
         self.sampler = SAMPLERS[config.sampler](self.train_data.labels.tolist(), len(self.classes), config.seed)
-        self.rng = np.random.default_rng(config.seed + 1)  # crop offsets
+        self.rng = np.random.default_rng(config.seed + 1)  # crop offsets, padding
+        self.background = self._background_pool()
         self.generator = torch.Generator().manual_seed(config.seed + 2)  # MixUp, SpecAugment
         self.clip_samples = round(config.clip_seconds * config.sample_rate)
         self.step, self.best_uar, self.best_metrics = 0, -1.0, {}
         if resume:
             self._load_resume()
 
+    def _check_coverage(self) -> None:
+        """Every class needs a readable training clip (the sampler draws from each); a class
+        without devel clips is left out of UAR, which the user must be told."""
+        train_counts = np.bincount(self.train_data.labels, minlength=len(self.classes))
+        empty = [self.classes[k] for k in np.flatnonzero(train_counts == 0)]
+        if empty:
+            skipped = [str(c.path) for c, _ in self.train_data.bad if c.label in empty]
+            raise DataError(
+                f"class(es) {', '.join(map(repr, empty))} have no readable training clip left"
+                + (f" after --skip-bad skipped {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}" if skipped else "")
+                + "; fix or replace those files, or remove the class"
+            )
+        devel_counts = np.bincount(self.devel_data.labels, minlength=len(self.classes))
+        missing = [self.classes[k] for k in np.flatnonzero(devel_counts == 0)]
+        if missing:
+            logger.warning("no %s clip of class(es) %s: devel UAR and mAP are averaged over %d of %d classes",
+                           self.config.devel_split, ", ".join(map(repr, missing)), len(self.classes) - len(missing),
+                           len(self.classes))
+
+    def _background_pool(self) -> list[np.ndarray]:
+        """Reject-class training clips, the real background that ``padding: background`` pads with."""
+        if self.config.padding != "background":
+            return []
+        if self.config.reject_class not in self.classes:
+            logger.warning("padding 'background': no %r training clips, short clips are padded with zeros", self.config.reject_class)
+            return []
+        k = self.classes.index(self.config.reject_class)
+        return [a for a, label in zip(self.train_data.audio, self.train_data.labels) if label == k]
+
     def _report_bad(self) -> None:
         bad = self.train_data.bad + self.devel_data.bad
         if bad:
-            with open(self.out / "skipped_clips.csv", "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["path", "label", "reason"])
-                writer.writerows([str(c.path), c.label, reason] for c, reason in bad)
-            logger.warning("skipped %d unreadable clip(s), listed in %s", len(bad), self.out / "skipped_clips.csv")
+            import pandas as pd
+
+            path = self.out / SKIPPED_NAME
+            write_csv(pd.DataFrame([(str(c.path), c.label, reason) for c, reason in bad], columns=["path", "label", "reason"]), path)
+            logger.warning("skipped %d unreadable clip(s), listed in %s", len(bad), path)
 
     # ---- one optimisation step -------------------------------------------------------
     def augment(self, targets: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -123,7 +195,7 @@ class Trainer:
 
     def train_step(self) -> float:
         idx = self.sampler.draw(self.config.batch_size)
-        wave = make_batch(self.train_data, idx, self.clip_samples, self.rng).to(self.device, non_blocking=True)
+        wave = make_batch(self.train_data, idx, self.clip_samples, self.rng, self.config.padding, self.background).to(self.device, non_blocking=True)
         labels = torch.from_numpy(self.train_data.labels[idx]).to(self.device)
         targets = F.one_hot(labels, len(self.classes)).float()
         self.model.train()
@@ -156,7 +228,8 @@ class Trainer:
         variants = {"raw": self.model} | ({"ema": self.ema.model} if self.ema is not None else {})
         results = {}
         for name, network in variants.items():
-            scores = score_clips(network, self.frontend, self.devel_data.audio, self.clip_samples, hop, self.activation)
+            scores = score_clips(network, self.frontend, self.devel_data.audio, self.clip_samples, hop, self.activation,
+                                 padding=self.config.padding)
             results[name] = classification_metrics(self.devel_data.labels, scores, self.classes)
         return results
 
@@ -190,8 +263,6 @@ class Trainer:
 
     def _load_resume(self) -> None:
         path = self.out / RESUME_NAME
-        if not path.is_file():
-            raise CheckpointError(f"{path}: nothing to resume from (no resume state in {self.out})")
         tensors, meta = load_train_state(path)
         saved = {k: v for k, v in meta["config"].items() if k != "iterations"}
         now = {k: v for k, v in self.config.to_dict().items() if k != "iterations"}
@@ -209,13 +280,33 @@ class Trainer:
         self.step, self.best_uar, self.best_metrics = meta["step"], meta["best_uar"], meta["best_metrics"]
         logger.info("resumed %s at step %d (best devel UAR so far %.4f)", self.out, self.step, self.best_uar)
 
+    # ---- the log ---------------------------------------------------------------------------
+    def _earlier_log_rows(self) -> list[list[str]]:
+        """Rows of this run's log up to the resumed step: a row written after the last saved
+        state (the run was killed between the two) is dropped, as that step is trained again."""
+        path = self.out / LOG_NAME
+        if self.step == 0 or not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or rows[0] != LOG_COLUMNS:
+            raise DataError(f"{path}: not a train log of this version (header {rows[:1]}); move it away to resume")
+        try:
+            return [r for r in rows[1:] if r and int(r[0]) <= self.step]
+        except ValueError as e:
+            raise DataError(f"{path}: unreadable step in the train log: {e}") from e
+
+    def _write_log(self, rows: list[list[str]]) -> None:
+        """The whole log, rewritten atomically: it is small, and a reader never sees half a row."""
+        with atomic_write(self.out / LOG_NAME) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(LOG_COLUMNS)
+            writer.writerows(rows)
+
     # ---- the loop ------------------------------------------------------------------------
     def run(self, progress: bool = True) -> dict[str, Any]:
         c = self.config
-        log = open(self.out / LOG_NAME, "a", newline="")
-        writer = csv.writer(log)
-        if log.tell() == 0:
-            writer.writerow(["step", "loss", "uar_raw", "map_raw", "uar_ema", "map_ema", "seconds"])
+        log_rows = self._earlier_log_rows()
         bar = tqdm(total=c.iterations, initial=self.step, desc="train", unit="it", disable=not progress)
         start, losses = time.time(), []
         try:
@@ -228,20 +319,19 @@ class Trainer:
                     results = self.validate()
                     self.keep_best(results)
                     ema = results.get("ema", {})
-                    writer.writerow([self.step, f"{np.mean(losses[-c.eval_every:]):.5f}", f"{results['raw']['uar']:.4f}",
+                    log_rows.append([str(self.step), f"{np.mean(losses[-c.eval_every:]):.5f}", f"{results['raw']['uar']:.4f}",
                                      f"{results['raw']['map']:.4f}", f"{ema.get('uar', float('nan')):.4f}",
                                      f"{ema.get('map', float('nan')):.4f}", f"{time.time() - start:.1f}"])
-                    log.flush()
+                    self._write_log(log_rows)
                     logger.info("step %d: loss %.4f, devel UAR raw %.4f%s", self.step, np.mean(losses[-c.eval_every:]),
                                 results["raw"]["uar"], f", ema {ema['uar']:.4f}" if ema else "")
                     self.save_resume()
         except KeyboardInterrupt:
-            logger.warning("interrupted at step %d; saving the resume state (use --resume to continue)", self.step)
+            logger.warning("interrupted at step %d; saving the resume state", self.step)
             self.save_resume()
             raise
         finally:
             bar.close()
-            log.close()
         return self.best_metrics
 
 
@@ -249,7 +339,11 @@ def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("uar", "map", "accuracy", "n_clips", "per_class")}
 
 
-def train(data_root: str | Path, out_dir: str | Path, config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(data_root: str | Path, out_dir: str | Path, config: TrainConfig, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> dict[str, Any]:
     """Train on a labelled data set; writes ``best.safetensors`` (+ .json), ``resume.safetensors``
-    and ``train_log.csv`` in ``out_dir``. Returns the best checkpoint's metrics."""
-    return Trainer(data_root, out_dir, config, resume).run(progress)
+    and ``train_log.csv`` in ``out_dir``. Returns the best checkpoint's metrics.
+
+    ``out_dir`` must not hold another run unless ``resume`` (continue it) or ``overwrite``
+    (replace its files) says what to do with it; RunExistsError otherwise."""
+    return Trainer(data_root, out_dir, config, resume, overwrite).run(progress)
