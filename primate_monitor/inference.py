@@ -13,11 +13,18 @@ samples, plus a final zero-padded window so the end of the recording is covered.
   zero padding at its borders, and its start is rounded to the trunk's column grid
   (16 frames for CNN10, 0.32 s at 16 kHz). docs/benchmarks.md reports how often the two
   agree on real recordings.
+
+Jobs (the input of a span, or of a batch of windows) are cut on the CPU apart from being
+scored, so that on a GPU several spans, from one stream or several (``score_streams``), go
+through the network in one call, with bf16 autocast, channels_last and pinned, non-blocking
+host-to-device copies. On the CPU each job is its own call, as it always was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +39,7 @@ from .windows import window_starts
 MODES = ("auto", "fast", "exact")
 SPAN_WINDOWS = 32  # windows per trunk call in fast mode; fixed so results do not depend on --batch-size
 CONTEXT_COLUMNS = 4  # trunk columns of audio context on each side of a span (64 frames for CNN10)
+SPANS_PER_CALL_CUDA = 16  # fast-mode spans (or exact-mode batches) per network call on a GPU: ~29k frames at hop 1 s
 
 
 class SampleBuffer:
@@ -80,22 +88,51 @@ class WindowScores:
     scores: np.ndarray  # (n, classes) float32
 
 
-class StreamScorer:
-    """Shared bookkeeping: which windows are ready, and the final partial windows."""
+@dataclass
+class Job:
+    """The input of a run of consecutive windows of one stream, cut on the CPU.
 
-    def __init__(self, model: LoadedModel, hop_samples: int, batch_size: int) -> None:
+    Jobs are cut (``StreamScorer.jobs``) apart from being scored (``StreamScorer.score_jobs``)
+    so that decoder threads can cut them while the device scores earlier ones, and jobs of
+    equal shape, from one stream or several, can share one network call.
+    """
+
+    starts: np.ndarray  # (n,) int64 start sample of each window
+    wave: np.ndarray  # exact: (n, window) windows; fast: (samples,) the span with its context
+    offsets: np.ndarray | None = None  # fast: trunk column where each window begins, within the span
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.wave.shape
+
+
+class StreamScorer:
+    """Shared bookkeeping: which windows are ready, and the final partial windows.
+
+    ``spans_per_call``: how many jobs (fast: spans; exact: batches) go through the network in
+    one call. 1 on the CPU, where a span alone already keeps the cores busy and the scores stay
+    exactly those of one span per call; SPANS_PER_CALL_CUDA on a GPU, which needs large calls.
+    """
+
+    def __init__(self, model: LoadedModel, hop_samples: int, batch_size: int, spans_per_call: int | None = None) -> None:
         info = model.info
         self.model = model
         self.network = model.network.eval()
         self.device = next(self.network.parameters()).device
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:  # cuDNN's fastest bf16 convolutions want NHWC
+            self.network = self.network.to(memory_format=torch.channels_last)
         self.frontend = LogMel(info.frontend).to(self.device)
         self.window = round(info.clip_seconds * info.sample_rate)
         self.hop = hop_samples
         self.batch_size = batch_size
         self.activation = info.activation
+        if spans_per_call is not None and spans_per_call < 1:
+            raise ValueError(f"spans_per_call must be at least 1, got {spans_per_call}")
+        self.spans_per_call = spans_per_call or (SPANS_PER_CALL_CUDA if self.cuda else 1)
 
-    def run(self, blocks: Iterable[np.ndarray]) -> Iterator[WindowScores]:
-        """Score every window of the stream; yields results as they are ready."""
+    def jobs(self, blocks: Iterable[np.ndarray]) -> Iterator[Job]:
+        """Cut the stream into jobs, in window order; numpy only, so it may run in a decoder thread."""
         buf = SampleBuffer()
         next_index = 0  # index of the next window to score
         for block in blocks:
@@ -104,14 +141,25 @@ class StreamScorer:
                 ready = self.ready_windows(next_index, buf)
                 if ready == 0:
                     break
-                yield self.score(np.arange(next_index, next_index + ready) * self.hop, buf)
+                yield self.cut(np.arange(next_index, next_index + ready) * self.hop, buf)
                 next_index += ready
                 buf.drop_before(self.keep_from(next_index * self.hop))
         buf.finished = True
         starts = window_starts(buf.end, self.window, self.hop)
         rest = starts[starts >= next_index * self.hop]
         for i in range(0, len(rest), self.group):
-            yield self.score(rest[i : i + self.group], buf)
+            yield self.cut(rest[i : i + self.group], buf)
+
+    def run(self, blocks: Iterable[np.ndarray]) -> Iterator[WindowScores]:
+        """Score every window of the stream; yields results as they are ready."""
+        pending: list[Job] = []
+        for job in self.jobs(blocks):
+            pending.append(job)
+            if len(pending) == self.spans_per_call:
+                yield from self.score_jobs(pending)
+                pending = []
+        if pending:
+            yield from self.score_jobs(pending)
 
     @property
     def group(self) -> int:
@@ -130,29 +178,69 @@ class StreamScorer:
     def keep_from(self, start: int) -> int:
         return start
 
-    def score(self, starts: np.ndarray, buf: SampleBuffer) -> WindowScores:
+    def cut(self, starts: np.ndarray, buf: SampleBuffer) -> Job:
         raise NotImplementedError
+
+    def score_jobs(self, jobs: Sequence[Job]) -> list[WindowScores]:
+        """Scores of each job, in order. Jobs of equal input shape share one network call."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.shape, []).append(i)
+        results: list[WindowScores | None] = [None] * len(jobs)
+        for members in groups.values():
+            group = [jobs[i] for i in members]
+            with torch.no_grad():
+                scores = self.score_group(group)
+            scores = scores.cpu().numpy()
+            at = 0
+            for i, job in zip(members, group):
+                n = len(job.starts)
+                results[i] = WindowScores(np.asarray(job.starts, dtype=np.int64), scores[at : at + n])
+                at += n
+        return results  # type: ignore[return-value]
+
+    def score_group(self, jobs: list[Job]) -> torch.Tensor:
+        """(sum of windows, classes) float32 scores of jobs of one shape, on the device."""
+        raise NotImplementedError
+
+    def to_device(self, arrays: list[np.ndarray], stack: bool) -> torch.Tensor:
+        """The jobs' samples as one tensor on the device. On CUDA they are gathered straight into
+        pinned host memory and copied without blocking, so the copy overlaps earlier GPU work."""
+        n = len(arrays) if stack else sum(len(a) for a in arrays)
+        shape = (n,) + arrays[0].shape[(0 if stack else 1):]
+        host = torch.empty(shape, dtype=torch.float32, pin_memory=self.cuda)
+        if stack:
+            np.stack(arrays, out=host.numpy())
+        else:
+            np.concatenate(arrays, out=host.numpy())
+        return host.to(self.device, non_blocking=True) if self.cuda else host
+
+    def finish(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(activate(logits.float(), self.activation), nan=0.0)
 
 
 class ExactScorer(StreamScorer):
     """Each window through front end and network on its own, in batches of ``batch_size``."""
 
-    @torch.no_grad()
-    def score(self, starts: np.ndarray, buf: SampleBuffer) -> WindowScores:
+    def cut(self, starts: np.ndarray, buf: SampleBuffer) -> Job:
         # windows never start before 0, so get() only zero-pads a final short window
-        batch = np.stack([buf.get(int(s), int(s) + self.window) for s in starts])
-        wave = torch.from_numpy(batch).to(self.device)
+        return Job(np.asarray(starts, dtype=np.int64), np.stack([buf.get(int(s), int(s) + self.window) for s in starts]))
+
+    def score_group(self, jobs: list[Job]) -> torch.Tensor:
+        wave = self.to_device([j.wave for j in jobs], stack=False)
         with autocast(self.device):
-            logits, _ = self.network(self.frontend(wave))
-        scores = torch.nan_to_num(activate(logits.float(), self.activation), nan=0.0)
-        return WindowScores(np.asarray(starts, dtype=np.int64), scores.cpu().numpy())
+            mel = self.frontend(wave)
+            if self.cuda:
+                mel = mel.contiguous(memory_format=torch.channels_last)
+            logits, _ = self.network(mel)
+        return self.finish(logits)
 
 
 class FastScorer(StreamScorer):
     """Trunk once over a span of ``SPAN_WINDOWS`` windows plus context; pool per window."""
 
-    def __init__(self, model: LoadedModel, hop_samples: int, batch_size: int) -> None:
-        super().__init__(model, hop_samples, batch_size)
+    def __init__(self, model: LoadedModel, hop_samples: int, batch_size: int, spans_per_call: int | None = None) -> None:
+        super().__init__(model, hop_samples, batch_size, spans_per_call)
         if not self.network.fast_path:
             raise ValueError(f"model {model.info.model} has no fast path (its head pools over frequency and time jointly); use exact mode")
         cfg = model.info.frontend
@@ -187,21 +275,29 @@ class FastScorer(StreamScorer):
         # the next span's left context reaches back before its first window
         return max(0, start - self.margin * self.fe_hop - self.half_fft - self.stride * self.fe_hop)
 
-    @torch.no_grad()
-    def score(self, starts: np.ndarray, buf: SampleBuffer) -> WindowScores:
+    def cut(self, starts: np.ndarray, buf: SampleBuffer) -> Job:
         first, stop = self.frame_range(starts)
         # frame f is centred on sample f*hop: STFT without centring over [first*hop - n_fft/2, ...)
         wave = buf.get(first * self.fe_hop - self.half_fft, (stop - 1) * self.fe_hop + self.half_fft)
-        x = torch.from_numpy(wave).to(self.device)[None]
+        offsets = np.array([self.column(int(s)) - first // self.stride for s in starts], dtype=np.int64)
+        return Job(np.asarray(starts, dtype=np.int64), wave, offsets)
+
+    def score_group(self, jobs: list[Job]) -> torch.Tensor:
+        """Spans of one length: one front-end and trunk call over all of them, then each window
+        pools its ``window_columns`` columns, gathered from a strided (unfold) view in one step."""
+        wave = self.to_device([j.wave for j in jobs], stack=True)  # (spans, samples)
+        span = torch.from_numpy(np.concatenate([np.full(len(j.starts), k) for k, j in enumerate(jobs)])).to(self.device)
+        offsets = torch.from_numpy(np.concatenate([j.offsets for j in jobs])).to(self.device)
         head = self.network.head
         with autocast(self.device):
-            mel = self.frontend(x, center=False)  # (1, 1, frames, mels)
-            columns = self.network.trunk(mel).mean(dim=3)[0]  # (channels, columns)
-            offsets = [self.column(int(s)) - first // self.stride for s in starts]
-            pooled = torch.stack([head.pool_time(columns[None, :, o : o + self.window_columns])[0] for o in offsets])
+            mel = self.frontend(wave, center=False)  # (spans, 1, frames, mels)
+            if self.cuda:
+                mel = mel.contiguous(memory_format=torch.channels_last)
+            columns = self.network.trunk(mel).mean(dim=3)  # (spans, channels, columns)
+            views = columns.unfold(2, self.window_columns, 1)  # (spans, channels, positions, window_columns)
+            pooled = head.pool_time(views[span, :, offsets])  # (windows, channels, window_columns) -> (windows, channels)
             logits, _ = head.from_pooled(pooled)
-        scores = torch.nan_to_num(activate(logits.float(), self.activation), nan=0.0)
-        return WindowScores(np.asarray(starts, dtype=np.int64), scores.cpu().numpy())
+        return self.finish(logits)
 
 
 def resolve_mode(model: LoadedModel, hop_samples: int, mode: str) -> str:
@@ -215,17 +311,108 @@ def resolve_mode(model: LoadedModel, hop_samples: int, mode: str) -> str:
     return mode
 
 
-def make_scorer(model: LoadedModel, hop_samples: int, batch_size: int, mode: str) -> StreamScorer:
+def make_scorer(model: LoadedModel, hop_samples: int, batch_size: int, mode: str,
+                spans_per_call: int | None = None) -> StreamScorer:
+    """The scorer for ``mode``; ``spans_per_call`` None picks 1 on the CPU, SPANS_PER_CALL_CUDA on a GPU."""
     # an explicit --mode fast on a network without a fast path is an error (FastScorer says so), not a silent fallback
     if resolve_mode(model, hop_samples, mode) == "fast":
-        return FastScorer(model, hop_samples, batch_size)
-    return ExactScorer(model, hop_samples, batch_size)
+        return FastScorer(model, hop_samples, batch_size, spans_per_call)
+    return ExactScorer(model, hop_samples, batch_size, spans_per_call)
+
+
+def _joined(parts: list[WindowScores], classes: int) -> WindowScores:
+    if not parts:
+        return WindowScores(np.zeros(0, dtype=np.int64), np.zeros((0, classes), dtype=np.float32))
+    return WindowScores(np.concatenate([p.starts for p in parts]), np.concatenate([p.scores for p in parts]))
 
 
 def score_stream(model: LoadedModel, blocks: Iterable[np.ndarray], hop_samples: int, batch_size: int = 32,
-                 mode: str = "auto") -> WindowScores:
+                 mode: str = "auto", spans_per_call: int | None = None) -> WindowScores:
     """All windows of a stream: (starts, scores), in order."""
-    parts = list(make_scorer(model, hop_samples, batch_size, mode).run(blocks))
-    if not parts:
-        return WindowScores(np.zeros(0, dtype=np.int64), np.zeros((0, len(model.info.classes)), dtype=np.float32))
-    return WindowScores(np.concatenate([p.starts for p in parts]), np.concatenate([p.scores for p in parts]))
+    parts = list(make_scorer(model, hop_samples, batch_size, mode, spans_per_call).run(blocks))
+    return _joined(parts, len(model.info.classes))
+
+
+class _Feeder(threading.Thread):
+    """Pulls one stream's blocks (decoding and resampling happen in this thread) and cuts its jobs."""
+
+    def __init__(self, index: int, source: Callable[[], Iterable[np.ndarray]], scorer: StreamScorer,
+                 out: queue.Queue, stop: threading.Event) -> None:
+        super().__init__(daemon=True)  # an interrupted scan must not wait for decoders
+        self.index, self.source, self.scorer, self.out, self.stop = index, source, scorer, out, stop
+
+    def _put(self, item: tuple) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            for job in self.scorer.jobs(self.source()):
+                if not self._put(("job", self.index, job)):
+                    return
+            self._put(("end", self.index, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put(("error", self.index, e))
+
+
+def score_streams(scorer: StreamScorer, sources: Sequence[Callable[[], Iterable[np.ndarray]]],
+                  workers: int = 1) -> Iterator[tuple[int, WindowScores | BaseException]]:
+    """Score several streams with one scorer, ``workers`` of them at a time.
+
+    Why: one decoder cannot keep a GPU busy (decoding and resampling 48 kHz audio is far
+    slower than CNN10's trunk there). Each of ``workers`` threads calls one source (a callable
+    returning that stream's blocks, so the decoding runs in the thread) and cuts its jobs; this
+    thread takes whatever jobs are waiting, from any stream, up to ``scorer.spans_per_call``, and
+    scores them in as few network calls as their shapes allow. Scores do not depend on how
+    jobs were grouped (up to float rounding). Yields ``(index, scores)`` in source order, or
+    ``(index, exception)`` for a source whose blocks raised, after its partial scores are dropped.
+    """
+    classes = len(scorer.model.info.classes)
+    stop = threading.Event()
+    out: queue.Queue = queue.Queue(maxsize=max(4, 2 * scorer.spans_per_call, 2 * workers))
+    parts: dict[int, list[WindowScores]] = {}
+    finished: dict[int, WindowScores | BaseException] = {}
+    started = active = done = 0
+
+    def start_more() -> None:
+        nonlocal started, active
+        while active < max(1, workers) and started < len(sources):
+            parts[started] = []
+            _Feeder(started, sources[started], scorer, out, stop).start()
+            started += 1
+            active += 1
+
+    try:
+        start_more()
+        while done < len(sources):
+            while done in finished:
+                yield done, finished.pop(done)
+                done += 1
+            if done == len(sources):
+                break
+            items = [out.get()]
+            while sum(kind == "job" for kind, _, _ in items) < scorer.spans_per_call:
+                try:
+                    items.append(out.get_nowait())
+                except queue.Empty:
+                    break
+            jobs = [(i, job) for kind, i, job in items if kind == "job"]
+            if jobs:  # a stream's "end" always comes after its jobs, so these are scored first
+                for (i, _), scores in zip(jobs, scorer.score_jobs([job for _, job in jobs])):
+                    parts[i].append(scores)
+            for kind, i, payload in items:
+                if kind == "end":
+                    finished[i] = _joined(parts.pop(i), classes)
+                elif kind == "error":
+                    parts.pop(i)
+                    finished[i] = payload
+                if kind != "job":
+                    active -= 1
+                    start_more()
+    finally:
+        stop.set()

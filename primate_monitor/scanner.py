@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ import pandas as pd
 from .audio import BLOCK_SECONDS, AudioInfo, AudioReadError, probe, stream_audio
 from .checkpoint import LoadedModel, load_checkpoint
 from .events import EventOptions, detect_events, validate_options
-from .inference import MODES, score_stream
+from .inference import MODES, make_scorer, score_stream, score_streams
 from .timestamps import recording_start
 from .windows import seconds_to_samples
 from .writers import EVENT_COLUMNS
@@ -93,6 +93,41 @@ def counted(blocks: Iterable[np.ndarray], on_block: Callable[[int], None] | None
         yield block
 
 
+class _TrackedStream:
+    """One recording's blocks, counted; a decode error after some audio is kept, not raised."""
+
+    def __init__(self, path: Path, model: LoadedModel, config: ScanConfig, blocks: Iterable[np.ndarray] | None,
+                 on_block: Callable[[int], None] | None) -> None:
+        self.path, self.config, self.on_block = path, config, on_block
+        self.sample_rate = model.info.sample_rate
+        self.source = blocks
+        self.info: AudioInfo | None = None
+        self.n_samples = 0
+        self.error: AudioReadError | None = None
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        self.info = probe(self.path)
+        source = self.source if self.source is not None else stream_audio(
+            self.path, self.sample_rate, self.config.channel, self.config.block_seconds)
+        try:
+            for block in counted(source, self.on_block):
+                self.n_samples += len(block)
+                yield block
+        except AudioReadError as e:
+            if self.n_samples == 0:
+                raise
+            self.error = e
+            logger.warning("%s: %s; keeping the %.1f s scanned before it", self.path, e, self.n_samples / self.sample_rate)
+
+    def result(self, starts: np.ndarray, scores: np.ndarray) -> RecordingScores:
+        if self.n_samples == 0:
+            raise AudioReadError(self.path, "no_samples", "no audio samples could be decoded")
+        assert self.info is not None
+        sr = self.sample_rate
+        return RecordingScores(self.path, self.info, recording_start(self.path, self.info.comment), starts / sr, scores,
+                               self.n_samples / sr, self.info.truncated, self.error)
+
+
 def score_recording(path: str | Path, model: LoadedModel, config: ScanConfig,
                     blocks: Iterable[np.ndarray] | None = None,
                     on_block: Callable[[int], None] | None = None) -> RecordingScores:
@@ -101,30 +136,38 @@ def score_recording(path: str | Path, model: LoadedModel, config: ScanConfig,
     Raises AudioReadError when nothing could be read. A decode error after some audio
     keeps the windows scored so far and is returned in ``error``.
     """
-    path = Path(path)
-    info = probe(path)
-    sr = model.info.sample_rate
-    source = blocks if blocks is not None else stream_audio(path, sr, config.channel, config.block_seconds)
-    n_samples = 0
-    error = None
+    stream = _TrackedStream(Path(path), model, config, blocks, on_block)
+    hop = seconds_to_samples(config.hop_seconds, model.info.sample_rate)
+    result = score_stream(model, stream.blocks(), hop, config.batch_size, config.mode)
+    return stream.result(result.starts, result.scores)
 
-    def tracked() -> Iterator[np.ndarray]:
-        nonlocal n_samples, error
-        try:
-            for block in counted(source, on_block):
-                n_samples += len(block)
-                yield block
-        except AudioReadError as e:
-            if n_samples == 0:
-                raise
-            error = e
-            logger.warning("%s: %s; keeping the %.1f s scanned before it", path, e, n_samples / sr)
 
-    result = score_stream(model, tracked(), seconds_to_samples(config.hop_seconds, sr), config.batch_size, config.mode)
-    if n_samples == 0:
-        raise AudioReadError(path, "no_samples", "no audio samples could be decoded")
-    return RecordingScores(path, info, recording_start(path, info.comment), result.starts / sr, result.scores,
-                           n_samples / sr, info.truncated, error)
+def score_recordings(paths: Sequence[str | Path], model: LoadedModel, config: ScanConfig, workers: int = 1,
+                     on_block: Callable[[int], None] | None = None,
+                     spans_per_call: int | None = None) -> Iterator[tuple[Path, RecordingScores | AudioReadError]]:
+    """Score many recordings, ``workers`` decoded at a time, their spans batched together.
+
+    Why: on a GPU one decoder cannot keep the device busy, so ``workers`` threads decode and
+    resample recordings side by side while one network call scores spans from all of them
+    (``inference.score_streams``). The scores equal ``score_recording``'s up to float rounding.
+    Yields ``(path, RecordingScores)`` in the order of ``paths``, or ``(path, AudioReadError)``
+    for a file that could not be read at all. ``on_block`` is called from the decoder threads.
+    """
+    streams = [_TrackedStream(Path(p), model, config, None, on_block) for p in paths]
+    hop = seconds_to_samples(config.hop_seconds, model.info.sample_rate)
+    scorer = make_scorer(model, hop, config.batch_size, config.mode, spans_per_call)
+    for i, result in score_streams(scorer, [s.blocks for s in streams], workers):
+        stream = streams[i]
+        if isinstance(result, AudioReadError):
+            logger.warning("cannot scan %s", result)
+            yield stream.path, result
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            try:
+                yield stream.path, stream.result(result.starts, result.scores)
+            except AudioReadError as e:
+                yield stream.path, e
 
 
 @dataclass(frozen=True)

@@ -204,3 +204,55 @@ def test_sample_buffer_matches_the_whole_stream_across_appends_and_drops():
         buf.drop_before(kept_from)
         assert buf.offset == kept_from
     np.testing.assert_array_equal(buf.get(-5, 0), whole[1:6][::-1])  # reflection, as centre padding
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_several_spans_per_network_call_give_the_same_scores(tiny_model, mode):
+    """The GPU path runs several spans (fast) or batches (exact) through one network call; at hop
+    0.25 s the 20 s recording makes 69 windows (3 fast spans of two lengths, 9 exact batches), so
+    grouping by shape and the unfold pooling are exercised. One job per call is the CPU default."""
+    blocks = lambda: stream_audio(RECORDING, SR, None, 3.0)  # noqa: E731
+    one = score_stream(tiny_model, blocks(), SR // 4, 8, mode, spans_per_call=1)
+    many = score_stream(tiny_model, blocks(), SR // 4, 8, mode, spans_per_call=5)
+    assert len(one.starts) == 69
+    np.testing.assert_array_equal(one.starts, many.starts)
+    np.testing.assert_allclose(one.scores, many.scores, atol=1e-5)
+
+
+def test_score_streams_batches_several_streams_and_keeps_their_order(tiny_model):
+    """Three decoder threads feed one scorer: each stream's scores equal scoring it alone, results
+    come back in source order, and a stream whose blocks raise yields its exception, not scores."""
+    from primate_monitor.inference import score_streams
+
+    def broken():
+        yield np.zeros(SR, dtype=np.float32)
+        raise OSError("disk went away")
+
+    sources = [lambda: stream_audio(RECORDING, SR, None, 2.0), broken, lambda: stream_audio(SHORT_CLIP, SR, None, 60.0),
+               lambda: iter([]), lambda: stream_audio(RECORDING, SR, None, 7.0)]
+    scorer = make_scorer(tiny_model, SR, 16, "fast", spans_per_call=4)
+    results = list(score_streams(scorer, sources, workers=3))
+    assert [i for i, _ in results] == [0, 1, 2, 3, 4]
+    assert isinstance(results[1][1], OSError)
+    assert results[3][1].scores.shape == (0, 4)
+    for i, path in ((0, RECORDING), (2, SHORT_CLIP), (4, RECORDING)):
+        alone = scores_of(tiny_model, path, 1.0, "fast")
+        np.testing.assert_array_equal(results[i][1].starts, alone.starts)
+        np.testing.assert_allclose(results[i][1].scores, alone.scores, atol=1e-5)
+
+
+def test_score_recordings_matches_score_recording_and_reports_bad_files(tiny_model, tmp_path):
+    from primate_monitor.audio import AudioReadError
+    from primate_monitor.scanner import ScanConfig, score_recording, score_recordings
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    config = ScanConfig(hop_seconds=1.0, mode="exact", batch_size=8)
+    results = list(score_recordings([RECORDING, bad, SHORT_CLIP], tiny_model, config, workers=2, spans_per_call=3))
+    assert [p for p, _ in results] == [RECORDING, bad, SHORT_CLIP]
+    assert isinstance(results[1][1], AudioReadError) and results[1][1].kind == "not_audio"
+    for (path, got) in (results[0], results[2]):
+        alone = score_recording(path, tiny_model, config)
+        np.testing.assert_allclose(got.starts_s, alone.starts_s)
+        np.testing.assert_allclose(got.scores, alone.scores, atol=1e-5)
+        assert got.duration_s == alone.duration_s and got.info == alone.info and got.error is None

@@ -1,0 +1,309 @@
+"""GPU measurements for issue 11, run by ``benchmarks/gpu_check.sh``; each phase is its own process.
+
+    python benchmarks/gpu_bench.py scan  --results DIR [--smoke]   # scan x real time, decode workers swept
+    python benchmarks/gpu_bench.py train --results DIR [--smoke]   # training iterations/s, 60k projection
+    python benchmarks/gpu_bench.py table --results DIR             # Markdown table from DIR/*.json
+
+scan: one hour of real 48 kHz audio, as 16 PCM16 WAV files of 225 s (the sample recordings,
+real calls in real forest backgrounds, resampled to 48 kHz and tiled; files, because a
+deployment's recorders write many files and each decode worker takes one file at a time).
+CNN10 at 16 kHz with freshly initialised weights: speed does not depend on the weights.
+Timed from the first read to the last event table, decoding and resampling included
+(files were just written, so they are in the page cache), hop 1 s, fast mode, for 1, 2, 4,
+8 (and 16) decode workers; then the same audio already decoded in memory, to show what the
+network side alone reaches. train: the recipe step (front end, SpecAugment, MixUp, bf16
+forward/backward, AMSGrad, EMA) for CNN10-16k at batch 32 on the sample clips, and one
+validation pass, projected to the recipe's 60,000 iterations with 60 validations.
+
+Without a GPU (or with --smoke) every size shrinks so the whole script runs on a laptop CPU
+in a minute or two; its figures then mean nothing. Each phase writes its JSON after every
+row, so a phase stopped by its timeout still leaves what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SOURCES = sorted((REPO / "sample_data" / "recordings").glob("*.[wf][al][va]*"))
+CLASSES = ("background", "chimpanzee", "gibbon", "howler_monkey", "titi_monkey")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def device_facts() -> dict:
+    import torch
+
+    facts = {"host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+             "cpus": os.cpu_count(), "cuda": torch.cuda.is_available()}
+    if facts["cuda"]:
+        facts |= {"gpu": torch.cuda.get_device_name(0), "cuda_runtime": torch.version.cuda}
+    return facts
+
+
+def save(results: Path, name: str, data: dict) -> None:
+    from primate_monitor.fsutil import atomic_write
+
+    results.mkdir(parents=True, exist_ok=True)
+    with atomic_write(results / name) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ---- scan -------------------------------------------------------------------------------
+def make_files(folder: Path, n_files: int, seconds: float, rate: int = 48000) -> list[Path]:
+    """``n_files`` PCM16 WAVs of real audio at ``rate``, each a different stretch of the tiled sample recordings."""
+    import soundfile as sf
+
+    from primate_monitor.audio import load_audio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tiled = np.concatenate([load_audio(p, rate) for p in SOURCES])
+    length = int(seconds * rate)
+    paths = []
+    for i in range(n_files):
+        path = folder / f"bench_{i:02d}_20240312_{i:06d}.wav"
+        if not path.is_file() or sf.info(path).frames != length:
+            audio = np.take(tiled, np.arange(i * length, (i + 1) * length), mode="wrap")  # the recordings, looped
+            sf.write(path, audio, rate, subtype="PCM_16")
+        paths.append(path)
+    return paths
+
+
+def make_model(path: Path, device) -> object:
+    import torch
+
+    from primate_monitor.checkpoint import ModelInfo, load_checkpoint, save_checkpoint
+    from primate_monitor.frontend import FrontEndConfig
+    from primate_monitor.models import create_model
+
+    torch.manual_seed(0)
+    info = ModelInfo("cnn10", CLASSES, "background", "sigmoid", FrontEndConfig(sample_rate=16000), 3.0)
+    save_checkpoint(path, create_model("cnn10", len(CLASSES)).state_dict(), info)
+    return load_checkpoint(path, device)
+
+
+def timed_scan(paths: list[Path], model, config, workers: int, spans_per_call: int | None = None) -> dict:
+    """Scores and event tables of every file, ``workers`` decoded at a time."""
+    from primate_monitor.scanner import events_table, score_recordings
+
+    windows = events = 0
+    audio_s = 0.0
+    t0 = time.perf_counter()
+    for path, result in score_recordings(paths, model, config, workers=workers, spans_per_call=spans_per_call):
+        if isinstance(result, Exception):
+            raise result
+        windows += len(result.starts_s)
+        audio_s += result.duration_s
+        events += len(events_table(result, model, config.events, path.name))
+    sync()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "audio_s": audio_s, "xrt": audio_s / seconds, "windows": windows, "events": events}
+
+
+def decode_all(paths: list[Path], rate: int, block_seconds: float) -> list[list[np.ndarray]]:
+    from primate_monitor.audio import stream_audio
+
+    out: list[list[np.ndarray]] = [[] for _ in paths]
+
+    def work(i: int) -> None:
+        out[i] = list(stream_audio(paths[i], rate, None, block_seconds))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def timed_in_memory(blocks: list[list[np.ndarray]], model, hop: int, mode: str) -> dict:
+    """The network side alone: already decoded 16 kHz audio through score_streams."""
+    from primate_monitor.inference import make_scorer, score_streams
+
+    scorer = make_scorer(model, hop, 32, mode)
+    windows = 0
+    t0 = time.perf_counter()
+    for _, result in score_streams(scorer, [(lambda b=b: iter(b)) for b in blocks], workers=2):
+        if isinstance(result, BaseException):
+            raise result
+        windows += len(result.starts)
+    sync()
+    seconds = time.perf_counter() - t0
+    audio_s = sum(len(x) for b in blocks for x in b) / model.info.sample_rate
+    return {"seconds": seconds, "audio_s": audio_s, "xrt": audio_s / seconds, "windows": windows,
+            "spans_per_call": scorer.spans_per_call}
+
+
+def scan_phase(args: argparse.Namespace) -> None:
+    import torch
+
+    from primate_monitor.devices import resolve_device
+    from primate_monitor.scanner import ScanConfig
+
+    device = resolve_device("auto")
+    small = args.smoke or device.type != "cuda"
+    n_files = args.files or (2 if small else 16)
+    seconds = args.file_seconds or (20.0 if small else 225.0)
+    sweep = [int(w) for w in args.workers.split(",")] if args.workers else ([1, 2] if small else [1, 2, 4, 8, 16])
+    facts = device_facts() | {"device": str(device), "smoke": small, "files": n_files, "file_seconds": seconds,
+                              "rate_hz": 48000, "model": "cnn10 16 kHz, random init", "hop_s": 1.0, "mode": "fast"}
+    report = {"facts": facts, "rows": []}
+    scratch = Path(args.scratch)
+    t = time.perf_counter()
+    paths = make_files(scratch / "audio48k", n_files, seconds)
+    log(f"{n_files} x {seconds:g} s of 48 kHz audio ready in {scratch / 'audio48k'} ({time.perf_counter() - t:.1f} s)")
+    model = make_model(scratch / "cnn10_16k_init.safetensors", device)
+    config = ScanConfig(hop_seconds=1.0, mode="fast")
+    t = time.perf_counter()
+    timed_scan(paths[:1], model, config, 1)  # warm-up: CUDA context, cuDNN plans, pinned allocator
+    log(f"warm-up scan of one file: {time.perf_counter() - t:.1f} s")
+    row = {"input": "48 kHz WAV files, decoding included, one span per trunk call (no batching)", "workers": 1} | timed_scan(
+        paths, model, config, 1, spans_per_call=1)
+    report["rows"].append(row)
+    save(Path(args.results), "scan.json", report)
+    log(f"no batching, 1 worker: {row['seconds']:.2f} s -> {row['xrt']:.0f}x real time")
+    for workers in sweep:
+        row = {"input": "48 kHz WAV files, decoding included", "workers": workers} | timed_scan(paths, model, config, workers)
+        report["rows"].append(row)
+        save(Path(args.results), "scan.json", report)
+        log(f"workers {workers}: {row['seconds']:.2f} s for {row['audio_s'] / 3600:.3f} h -> {row['xrt']:.0f}x real time")
+    t = time.perf_counter()
+    blocks = decode_all(paths, model.info.sample_rate, config.block_seconds)
+    log(f"decoded to 16 kHz in memory with {n_files} threads: {time.perf_counter() - t:.1f} s")
+    for mode in ("fast", "exact"):
+        row = {"input": f"16 kHz audio in memory, no decoding, {mode} mode", "workers": 0} | timed_in_memory(
+            blocks, model, 16000, mode)
+        report["rows"].append(row)
+        save(Path(args.results), "scan.json", report)
+        log(f"in memory, {mode}: {row['seconds']:.2f} s -> {row['xrt']:.0f}x real time")
+    if device.type == "cuda":
+        report["facts"]["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        save(Path(args.results), "scan.json", report)
+
+
+# ---- train ------------------------------------------------------------------------------
+def train_phase(args: argparse.Namespace) -> None:
+    import torch
+
+    from primate_monitor.config import load_config
+    from primate_monitor.train import Trainer
+
+    cuda = torch.cuda.is_available()
+    small = args.smoke or not cuda
+    overrides = [f"device={'cuda' if cuda else 'cpu'}", "ema_start=0"] + (["batch_size=4"] if small else [])
+    warmup, max_steps, max_seconds = (1, 3, 60.0) if small else (10, 3000, args.train_seconds)
+    with tempfile.TemporaryDirectory() as out:
+        config = load_config(REPO / "configs" / "cnn10_16k.yaml", overrides)
+        t = time.perf_counter()
+        trainer = Trainer(REPO / "sample_data" / "clips", out, config)
+        log(f"trainer ready ({len(trainer.train_data.clips)} training clips) in {time.perf_counter() - t:.1f} s")
+        for _ in range(warmup):
+            trainer.train_step()
+        sync()
+        steps, t0 = 0, time.perf_counter()
+        while steps < max_steps and time.perf_counter() - t0 < max_seconds:
+            loss = trainer.train_step()  # returns float(loss): one sync per step, as in Trainer.run
+            steps += 1
+        sync()
+        rate = steps / (time.perf_counter() - t0)
+        t = time.perf_counter()
+        trainer.validate()
+        sync()
+        validate_s = time.perf_counter() - t
+    iters = 60000
+    validations = iters // 1000
+    report = {"facts": device_facts() | {"smoke": small, "model": "cnn10 16 kHz", "batch": config.batch_size,
+                                        "devel_clips": len(trainer.devel_data.clips)},
+              "steps_timed": steps, "iterations_per_s": rate, "last_loss": loss, "validate_s": validate_s,
+              "projected_60k_s": iters / rate, "projected_60k_with_validation_s": iters / rate + validations * validate_s}
+    save(Path(args.results), "train.json", report)
+    log(f"{rate:.2f} it/s at batch {config.batch_size} ({steps} steps); 60k iterations: {iters / rate / 60:.1f} min "
+        f"(+ {validations} validations of {validate_s:.2f} s)")
+
+
+# ---- table ------------------------------------------------------------------------------
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 3 * 3600 else f"{seconds / 3600:.1f} h"
+
+
+def table_phase(args: argparse.Namespace) -> None:
+    results = Path(args.results)
+    lines: list[str] = []
+    scan = json.loads((results / "scan.json").read_text()) if (results / "scan.json").is_file() else None
+    train = json.loads((results / "train.json").read_text()) if (results / "train.json").is_file() else None
+    facts = (scan or train or {}).get("facts", {})
+    where = facts.get("gpu") or "CPU only"
+    lines.append(f"Measured {facts.get('date', '?')} on {where}, {facts.get('cpus')} CPU cores, torch {facts.get('torch')}"
+                 f"{', CUDA ' + facts['cuda_runtime'] if facts.get('cuda_runtime') else ''}"
+                 f"{'; SMOKE RUN (tiny sizes, figures meaningless)' if facts.get('smoke') else ''}.")
+    lines.append("")
+    if scan:
+        f = scan["facts"]
+        lines.append(f"Scan: {f['files']} files x {f['file_seconds']:g} s of real 48 kHz audio "
+                     f"({f['files'] * f['file_seconds'] / 3600:.2f} h), CNN10-16k ({f['model'].split(', ')[1]}), "
+                     f"hop {f['hop_s']:g} s, {f['mode']} mode, window scores and event tables"
+                     + (f"; peak GPU memory {f['peak_gpu_mb']:.0f} MB" if 'peak_gpu_mb' in f else "") + ".")
+        lines.append("")
+        lines.append("| input | decode workers | seconds | × real time | windows |")
+        lines.append("|---|---|---|---|---|")
+        for r in scan["rows"]:
+            lines.append(f"| {r['input']} | {r['workers'] or '-'} | {r['seconds']:.2f} | **{r['xrt']:,.0f}** | {r['windows']} |")
+        lines.append("")
+    else:
+        lines += ["Scan: no result (the phase failed or timed out; see the log).", ""]
+    if train:
+        f = train["facts"]
+        lines.append("| device | model | batch | iterations/s | 60,000 iterations | with 60 validations |")
+        lines.append("|---|---|---|---|---|---|")
+        lines.append(f"| {where} | CNN10, 16 kHz | {f['batch']} | {train['iterations_per_s']:.1f} | "
+                     f"{_duration(train['projected_60k_s'])} | {_duration(train['projected_60k_with_validation_s'])} |")
+        lines.append("")
+        lines.append(f"({train['steps_timed']} timed steps after warm-up; one validation over {f['devel_clips']} devel clips "
+                     f"took {train['validate_s']:.2f} s.)")
+    else:
+        lines.append("Training: no result (the phase failed or timed out; see the log).")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    from primate_monitor.fsutil import atomic_write
+
+    with atomic_write(results / "gpu_table.md") as tmp:
+        tmp.write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("phase", choices=["scan", "train", "table"])
+    p.add_argument("--results", required=True, help="Folder for scan.json, train.json, gpu_table.md.")
+    p.add_argument("--scratch", default=os.path.join(tempfile.gettempdir(), "pm-gpu-bench"),
+                   help="Where the test audio and the checkpoint go.")
+    p.add_argument("--smoke", action="store_true", help="Tiny sizes, to test the script itself.")
+    p.add_argument("--files", type=int, default=0, help="scan: number of files (default 16; smoke 2).")
+    p.add_argument("--file-seconds", type=float, default=0.0, help="scan: seconds per file (default 225; smoke 20).")
+    p.add_argument("--workers", default="", help="scan: decode workers to sweep, e.g. 1,2,4,8 (default 1,2,4,8,16).")
+    p.add_argument("--train-seconds", type=float, default=30.0, help="train: time the steps for at most this long.")
+    args = p.parse_args()
+    {"scan": scan_phase, "train": train_phase, "table": table_phase}[args.phase](args)
+
+
+if __name__ == "__main__":
+    main()
