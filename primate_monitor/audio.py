@@ -113,7 +113,7 @@ def _open(path: str | Path) -> sf.SoundFile:
     except IsADirectoryError as e:
         raise AudioReadError(p, "not_audio", "is a directory") from e
     try:
-        return sf.SoundFile(p)
+        return sf.SoundFile(os.fsencode(p))  # bytes: libsndfile takes any file name, UTF-8 or not
     except sf.LibsndfileError as e:
         ext = p.suffix.lower().lstrip(".")
         if ext not in audio_extensions():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import click
 
 from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata
-from .config import ConfigError, load_config, valid_keys
+from .config import ConfigError, load_config
 from .data import DataError
 from .devices import resolve_device
 from .writers import WRITERS
@@ -29,15 +30,48 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _fail(error: Exception) -> None:
-    """Report a user error (bad data, config, checkpoint) without a traceback."""
-    click.echo(f"error: {error}", err=True)
+    """Report a user error (bad data, config, checkpoint, an output that cannot be written)
+    without a traceback, naming the file and the reason."""
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename:
+        from .fsutil import printable
+
+        click.echo(f"error: cannot write {printable(str(error.filename))}: {error.strerror or error}", err=True)
+    else:
+        click.echo(f"error: {error}", err=True)
     sys.exit(EXIT_USAGE)
 
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _late_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value:
+        _setup_logging(value, False)
+
+
+def _late_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        _setup_logging(0, True)
+        if isinstance(ctx.obj, dict):
+            ctx.obj["quiet"] = True
+
+
+class _Group(click.Group):
+    """Accepts -q/-v after the subcommand too (``scan -q``), as users type them."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        taken = {opt for p in cmd.params for opt in getattr(p, "opts", [])}
+        if not taken & {"-q", "--quiet", "-v", "--verbose"}:
+            cmd.params += [
+                click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_late_verbose,
+                             help="More logging (debug); also accepted before the command."),
+                click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_late_quiet,
+                             help="Only warnings and errors, no progress bars; also accepted before the command."),
+            ]
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="primate-monitor")
 @click.option("-v", "--verbose", count=True, help="More logging (debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
@@ -54,20 +88,32 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key; repeatable.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder for checkpoints and logs.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in OUT.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run in OUT (only the files train writes: checkpoints, log, skipped list).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable clips (listed in OUT/skipped_clips.csv).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Overrides the config's device.")
 @click.pass_obj
 def train(obj: dict, data: Path, config_path: Path | None, overrides: tuple[str, ...], out: Path, resume: bool,
-          skip_bad: bool, device: str | None) -> None:
-    """Train a model on labelled clips in DATA (ComParE layout, class folders or Raven tables)."""
-    from .train import BEST_NAME, train as run_train
+          overwrite: bool, skip_bad: bool, device: str | None) -> None:
+    """Train a model on labelled clips in DATA (ComParE layout, class folders or Raven tables).
+
+    OUT must be a new or empty folder, or hold a run to continue with --resume (or to
+    replace with --overwrite). Ctrl-C saves the state; rerun with --resume to continue.
+    """
+    from .train import BEST_NAME, RESUME_NAME, train as run_train
 
     extra = list(overrides) + (["skip_bad=true"] if skip_bad else []) + ([f"device={device}"] if device else [])
     try:
         config = load_config(config_path, extra)
-        best = run_train(data, out, config, resume=resume, progress=not obj["quiet"])
-    except USER_ERRORS as e:
+        best = run_train(data, out, config, resume=resume, progress=not obj["quiet"], overwrite=overwrite)
+    except (*USER_ERRORS, OSError) as e:
         _fail(e)
+    except KeyboardInterrupt:
+        if (out / RESUME_NAME).is_file():
+            click.echo("interrupted; rerun with --resume to continue from the last saved step", err=True)
+        else:
+            click.echo("interrupted before training started; nothing was saved to resume", err=True)
+        sys.exit(130)
     devel = best.get("devel", {})
     click.echo(f"best devel UAR {devel.get('uar', float('nan')):.4f}, mAP {devel.get('map', float('nan')):.4f} "
                f"at step {best.get('step')} ({best.get('weights')} weights) -> {out / BEST_NAME}")
@@ -88,11 +134,13 @@ def evaluate(paths: tuple[Path, ...], split: str, out: Path, hop_seconds: float,
 
     if len(paths) > 2:
         raise click.UsageError("expected [CHECKPOINT] DATA")
+    if not math.isfinite(hop_seconds) or hop_seconds <= 0:
+        _fail(ValueError(f"--hop must be a positive, finite number of seconds, got {hop_seconds}"))
     try:
         checkpoint, data = paths if len(paths) == 2 else (default_model_path(), paths[0])
         model = load_checkpoint(checkpoint, resolve_device(device))
         metrics = run_evaluate(model, data, split, out, hop_seconds=hop_seconds, skip_bad=skip_bad)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, OSError) as e:
         _fail(e)
     if metrics is None:
         click.echo(f"{split}: unlabelled; wrote {out / 'predictions.csv'}")
@@ -111,11 +159,22 @@ def info(checkpoint: Path) -> None:
     click.echo(json.dumps(meta, indent=2, sort_keys=True))
 
 
+def _class_list(classes: str | None) -> tuple[str, ...] | None:
+    """--classes a,b as a tuple; None when not given; an error when it names no species."""
+    if classes is None:
+        return None
+    chosen = tuple(dict.fromkeys(c.strip() for c in classes.split(",") if c.strip()))
+    if not chosen:
+        raise click.BadParameter(f"needs at least one species name, e.g. --classes chimpanzee,gibbon; got {classes!r}",
+                                 param_hint="--classes")
+    return chosen
+
+
 def _event_options(thresholds: tuple[str, ...], classes: str | None, min_windows: int, max_gap: float):
     from .events import EventOptions, parse_thresholds
 
     default, per_class = parse_thresholds(thresholds) if thresholds else (0.5, {})
-    chosen = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
+    chosen = _class_list(classes)
     return EventOptions(threshold=default, class_thresholds=per_class, classes=chosen, min_windows=min_windows,
                         max_gap_s=max_gap)
 
@@ -147,7 +206,8 @@ def event_options(fn):
 @click.option("--channel", type=int, default=None, help="0-based channel to scan (default: mix down).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", default=32, show_default=True, help="Windows per network call (exact mode).")
-@click.option("--workers", default=1, show_default=True, help="Threads decoding upcoming files.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Threads decoding upcoming files.")
 @click.option("--save-window-scores", is_flag=True, help="Also write windows.parquet (for `detect`).")
 @click.option("--plots", is_flag=True, help="Draw a spectrogram with detections per recording in OUT/plots.")
 @click.option("--overwrite", is_flag=True, help="Discard an earlier scan in OUT instead of resuming it.")
@@ -174,7 +234,7 @@ def scan(obj: dict, paths: tuple[Path, ...], out: Path, model_path: Path | None,
             from .plots import plot_scan
 
             plot_scan(out)
-    except (ScanError, *USER_ERRORS) as e:
+    except (ScanError, *USER_ERRORS, OSError) as e:
         _fail(e)
     except KeyboardInterrupt:
         click.echo(f"interrupted; finished recordings are kept in {out}. Rerun the same command to resume.", err=True)
@@ -201,7 +261,7 @@ def detect(scan_dir: Path, thresholds: tuple[str, ...], classes: str | None, min
 
     try:
         events = redetect(scan_dir, _event_options(thresholds, classes, min_windows, max_gap), out)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, OSError) as e:
         _fail(e)
     click.echo(f"{len(events)} detections -> {(out or scan_dir) / 'detections.parquet'}")
 
@@ -216,10 +276,10 @@ def export(detections: Path, fmt: str, min_score: float, classes: str | None, ou
     """Convert DETECTIONS (a detections.parquet) to raven, csv, audacity or parquet."""
     from .redetect import export as run_export
 
-    chosen = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
+    chosen = _class_list(classes)
     try:
         written = run_export(detections, fmt, out, min_score, chosen)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, OSError) as e:
         _fail(e)
     click.echo(f"wrote {len(written)} file(s) under {out}")
 
@@ -237,20 +297,31 @@ def evaluate_events_cmd(detections: Path, truth: tuple[Path, ...], label_column:
     """Event-level precision/recall/F1 of DETECTIONS (scan folder or .parquet) against Raven
     TRUTH tables (files, or folders searched for *.selections.txt)."""
     from .event_eval import evaluate_events
+    from .scan_run import scanned_recordings
     from .writers import read_parquet
 
     tables = [t for p in truth for t in (sorted(p.rglob("*.selections.txt")) if p.is_dir() else [p])]
     try:
-        result = evaluate_events(read_parquet(_detections_path(detections)), tables, label_column)
+        missing = [p for p in truth if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"no such truth table or folder: {', '.join(map(str, missing))}")
+        if not tables:
+            raise ValueError(f"no truth tables (*.selections.txt) found in {', '.join(map(str, truth))}; "
+                             "nothing to score against")
+        events_path = _detections_path(detections)
+        index = events_path.parent / "recordings.csv"
+        recordings = scanned_recordings(events_path.parent) if index.is_file() else None
+        result = evaluate_events(read_parquet(events_path), tables, label_column, recordings)
     except USER_ERRORS as e:
         _fail(e)
-    click.echo(f"{'species':<16}{'precision':>10}{'recall':>8}{'F1':>7}{'TP':>5}{'det':>5}{'truth':>6}")
+    click.echo(f"{'species':<16}{'precision':>10}{'recall':>8}{'F1':>7}{'TP':>5}{'det':>5}{'truth':>6}{'false/h':>9}")
     for species, m in result["per_class"].items():
         click.echo(f"{species:<16}{m['precision']:>10.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}"
-                   f"{m['true_positives']:>5}{m['detections']:>5}{m['truth']:>6}")
+                   f"{m['true_positives']:>5}{m['detections']:>5}{m['truth']:>6}{m['false_per_hour']:>9.1f}")
     macro = result["macro"]
     click.echo(f"{'macro':<16}{macro['precision']:>10.3f}{macro['recall']:>8.3f}{macro['f1']:>7.3f}")
-    click.echo(f"rule: {result['rule']}")
+    click.echo(f"{len(result['recordings'])} recordings with truth, {result['audio_hours']:.3f} h of audio; "
+               f"rule: {result['rule']}")
     if out is not None:
         from .fsutil import atomic_write
 
@@ -270,21 +341,35 @@ def plot(detections: Path, recording: Path, truth: Path | None, label_column: st
     from .plots import plot_detections
     from .writers import read_parquet
 
+    from .audio import AudioReadError
+    from .scan_run import find_recording
+
     try:
         events = read_parquet(_detections_path(detections))
-        target = str(recording.resolve())
-        mine = events[(events["recording_path"] == target) | (events["recording"] == str(recording))]
+        rel = find_recording(events, _detections_path(detections).parent, recording)
+        mine = events[events["recording"] == rel]
         truth_table = read_truth(truth, label_column) if truth is not None else None
         plot_detections(recording, mine, out, truth_table)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, AudioReadError, OSError) as e:
         _fail(e)
     click.echo(f"{len(mine)} detections drawn -> {out}")
 
 
 @main.command("config-keys")
 def config_keys() -> None:
-    """List every training config key (each can be set with --set KEY=VALUE)."""
-    click.echo("\n".join(valid_keys()))
+    """List every training config key with its type, default and meaning (set one with --set KEY=VALUE)."""
+    from .config import describe_keys
+
+    rows = [(name, kind, "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default), meaning)
+            for name, kind, default, meaning in describe_keys()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for name, kind, default, meaning in rows:
+        click.echo(f"{name:<{widths[0]}}  {kind:<{widths[1]}}  {default:<{widths[2]}}  {meaning}".rstrip())
+
+
+from .cli_science import register as _register_science  # noqa: E402  (embed, probe, tsne, summarize)
+
+_register_science(main)
 
 
 if __name__ == "__main__":

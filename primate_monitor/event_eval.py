@@ -66,20 +66,39 @@ def read_truth(path: str | Path, label_column: str = "Species") -> pd.DataFrame:
 
 
 def _truth_recording(table: Path, recordings: list[str]) -> str | None:
-    """The recording a truth table belongs to: the one whose file stem prefixes the table's name."""
+    """The recording a truth table belongs to: the one whose file stem, followed by ".", starts
+    the table's name (``rec.wav`` ← ``rec.truth.selections.txt``). Several recordings with that
+    stem (``a/rec.wav`` and ``b/rec.flac``) are ambiguous: an error, never a silent choice."""
     hits = [r for r in recordings if table.name.startswith(Path(r).stem + ".")]
-    return max(hits, key=len) if hits else None
+    if not hits:
+        return None
+    longest = max(len(Path(r).stem) for r in hits)
+    best = [r for r in hits if len(Path(r).stem) == longest]
+    if len(best) > 1:
+        raise ValueError(f"{table}: ambiguous, its name matches the scanned recordings {best}; "
+                         "rename the table after one of them")
+    return best[0]
 
 
-def evaluate_events(detections: pd.DataFrame, truth_tables: list[Path], label_column: str = "Species") -> dict[str, Any]:
-    """Per-class and macro precision, recall and F1 over every recording with a truth table."""
-    recordings = sorted(set(detections["recording"]))
+def evaluate_events(detections: pd.DataFrame, truth_tables: list[Path], label_column: str = "Species",
+                    recordings: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Per-class and macro precision, recall and F1 over every recording with a truth table.
+
+    ``recordings`` (the scan's recordings.csv: recording, duration_s) lets a recording with a
+    truth table but no detections count, for its missed calls, and gives the hours of audio
+    for false detections per hour. Without it only recordings with detections can be matched.
+    The macro average is over every species in the truth or the detections: a species detected
+    where the truth has none counts with precision 0, not left out.
+    """
+    names = sorted(set(detections["recording"]) | (set(recordings["recording"]) if recordings is not None else set()))
     counts: dict[str, np.ndarray] = {}  # species -> [true positives, detections, truths]
-    matched_tables = {}
+    matched_tables: dict[str, Path] = {}
     for table in truth_tables:
-        rec = _truth_recording(table, recordings)
+        rec = _truth_recording(table, names)
         if rec is None:
             raise ValueError(f"{table}: no scanned recording matches this truth table's name")
+        if rec in matched_tables:
+            raise ValueError(f"two truth tables for recording {rec}: {matched_tables[rec]} and {table}; keep one")
         matched_tables[rec] = table
     for rec, table in matched_tables.items():
         truth = read_truth(table, label_column)
@@ -89,15 +108,21 @@ def evaluate_events(detections: pd.DataFrame, truth_tables: list[Path], label_co
             c = counts.setdefault(species, np.zeros(3, dtype=np.int64))
             c += [sum(dets.at[i, "species"] == species for i, _ in pairs),
                   int((dets["species"] == species).sum()), int((truth["species"] == species).sum())]
+    hours = float("nan")
+    if recordings is not None:
+        durations = dict(zip(recordings["recording"], recordings["duration_s"].astype(float)))
+        hours = sum(durations.get(rec, 0.0) for rec in matched_tables) / 3600
     per_class = {}
     for species, (tp, n_det, n_truth) in sorted(counts.items()):
         p = tp / n_det if n_det else float("nan")
         r = tp / n_truth if n_truth else float("nan")
         f1 = 2 * tp / (n_det + n_truth) if n_det + n_truth else float("nan")
         per_class[species] = {"precision": p, "recall": r, "f1": f1, "true_positives": int(tp),
-                              "detections": int(n_det), "truth": int(n_truth)}
-    scored = [v for v in per_class.values() if v["truth"] > 0]
-    macro = {k: float(np.nanmean([v[k] for v in scored])) if scored else float("nan") for k in ("precision", "recall", "f1")}
+                              "detections": int(n_det), "truth": int(n_truth),
+                              "false_per_hour": (n_det - tp) / hours if hours > 0 else float("nan")}
+    scored = list(per_class.values())
+    macro = {k: float(np.nanmean([v[k] for v in scored])) if scored and not all(np.isnan(v[k]) for v in scored)
+             else float("nan") for k in ("precision", "recall", "f1")}
     return {"rule": f"same species, overlapping, and IoU >= {MIN_IOU} or (detection holds the truth centre and is at most "
                     f"{SLACK_S:g} s longer); one-to-one, greedy by IoU",
-            "recordings": sorted(matched_tables), "per_class": per_class, "macro": macro}
+            "recordings": sorted(matched_tables), "audio_hours": hours, "per_class": per_class, "macro": macro}

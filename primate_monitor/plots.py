@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
+# Titles and labels are file names and species names: a "$" in them is text, not TeX math
+# (math parsing of "a$b" raises and would stop every plot of a scan).
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import matplotlib.patches  # noqa: E402
 
 from .fsutil import atomic_write  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 
 def row_normalised(cm: np.ndarray) -> np.ndarray:
@@ -114,15 +120,27 @@ def plot_diel_activity(events: pd.DataFrame, path: str | Path) -> Path | None:
 
 def plot_scan(out: str | Path) -> list[Path]:
     """OUT/plots/<recording>.png for every scanned recording, plus diel_activity.png."""
-    from .scan_run import scanned_recordings
+    from .scan_run import scanned_files
     from .writers import read_parquet
+
+    from .audio import AudioReadError
+    from .fsutil import safe_relative
+    from .scan_state import ScanState
 
     out = Path(out)
     events = read_parquet(out / "detections.parquet")
+    state = ScanState(out)
+    rows = scanned_files(out)
+    targets = [out / "plots" / f"{safe_relative(rel)}.png" for rel, _ in rows]
+    diel_path = out / "plots" / "diel_activity.png"
+    if state.exists():  # named before they are drawn, so that --overwrite may delete them (and nothing else)
+        state.add_outputs(targets + [diel_path])
     written = []
-    for row in scanned_recordings(out).itertuples(index=False):
-        target = out / "plots" / f"{row.recording}.png"
+    for (rel, path), target in zip(rows, targets):
         target.parent.mkdir(parents=True, exist_ok=True)
-        written.append(plot_detections(row.path, events[events["recording"] == row.recording], target, title=row.recording))
-    diel = plot_diel_activity(events, out / "plots" / "diel_activity.png")
+        try:
+            written.append(plot_detections(path, events[events["recording"] == rel], target, title=rel))
+        except (AudioReadError, OSError) as e:  # moved or changed since the scan: the other plots still get drawn
+            logger.warning("no plot for %s: %s", rel, e)
+    diel = plot_diel_activity(events, diel_path)
     return written + ([diel] if diel else [])

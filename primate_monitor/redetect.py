@@ -1,9 +1,15 @@
 """Rebuild events from saved window scores (``detect``) and convert formats (``export``),
-without decoding any audio again."""
+without decoding any audio again.
+
+``detect`` works through the scan state, so every file of the folder it writes agrees:
+in place it rewrites each recording's events and tables, the run's parameters, and then
+every run-level file (detections.parquet, recordings.csv, run.json); into a new folder it
+writes a complete scan folder of its own. A later ``scan`` with the old thresholds into the
+rewritten folder is then refused as "different parameters" instead of silently mixing runs.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,67 +17,101 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .events import EventOptions, validate_options
-from .scan_run import scanned_recordings
+from .fsutil import ensure_output_dir
+from .scan_plan import Recording, ScanError
+from .scan_run import finalize, scanned_recordings
+from .scan_state import ScanState
 from .scanner import EventContext, build_events
-from .writers import EVENT_COLUMNS, ParquetWriter, get_writer, read_parquet, write_parquet
+from .writers import ParquetWriter, get_writer, read_parquet
 
 logger = logging.getLogger(__name__)
 
 
-def _read_windows(scan_dir: Path) -> tuple[pd.DataFrame, dict]:
-    path = scan_dir / "windows.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no window scores; rerun the scan with --save-window-scores")
-    table = pq.read_table(path)
-    meta = json.loads((table.schema.metadata or {}).get(b"primate_monitor", b"{}"))
-    if "classes" not in meta:
-        raise ValueError(f"{path}: not a primate-monitor windows file")
-    return table.to_pandas(), meta
+def _scan_state(scan_dir: Path) -> ScanState:
+    if not scan_dir.is_dir():
+        raise FileNotFoundError(f"no such scan folder: {scan_dir}")
+    state = ScanState(scan_dir)
+    if not state.exists():
+        raise FileNotFoundError(f"{scan_dir} is not a scan output folder (no {state.dir.name}/params.json); "
+                                "give the -o folder of a `primate-monitor scan`")
+    if not state.params().get("save_window_scores"):
+        raise FileNotFoundError(f"{scan_dir}: the scan saved no window scores; rerun it with --save-window-scores "
+                                "(into a new folder, or with --overwrite)")
+    return state
 
 
 def redetect(scan_dir: str | Path, options: EventOptions, dest: str | Path | None = None) -> pd.DataFrame:
-    """New events from OUT/windows.parquet with other thresholds or merging options; writes
-    DEST/detections.parquet and DEST/raven/ (DEST defaults to the scan folder)."""
+    """New events from a scan's saved window scores with other thresholds or merging options.
+
+    Writes into ``dest`` (a new scan folder) or, when ``dest`` is None or the scan folder, in
+    place; either way every file in the folder written describes the new options."""
     scan_dir = Path(scan_dir)
-    dest = Path(dest) if dest is not None else scan_dir
-    windows, meta = _read_windows(scan_dir)
-    params = meta["params"]
-    reject = meta["reject_class"] if meta["reject_class"] in meta["classes"] else None
-    ctx = EventContext(tuple(meta["classes"]), reject, meta["clip_seconds"], meta["low_freq_hz"], meta["high_freq_hz"], params["model"])
+    source = _scan_state(scan_dir)
+    meta = source.meta()
+    model = meta["model"]
+    reject = model["reject_class"] if model["reject_class"] in model["classes"] else None
+    ctx = EventContext(tuple(model["classes"]), reject, model["clip_seconds"], model["low_freq_hz"],
+                       model["high_freq_hz"], model["name"])
     validate_options(options, ctx.classes, ctx.reject_class)
-    recordings = scanned_recordings(scan_dir)
+    keys, folder_errors = source.plan()
+    records = {k: source.record(k) for k in keys}
+    missing = [k for k, r in records.items() if r is None]
+    if missing:
+        raise ScanError(f"{scan_dir}: the scan is unfinished ({len(missing)} recording(s) not done); "
+                        "rerun the scan command to finish it first")
+    new_params = meta["params"] | {
+        "threshold": options.threshold, "class_thresholds": dict(sorted(options.class_thresholds.items())),
+        "report_classes": list(options.classes) if options.classes else None, "min_windows": options.min_windows,
+        "max_gap_s": options.max_gap_s, "redetected_from": str(scan_dir.resolve())}
+    in_place = dest is None or Path(dest).resolve() == scan_dir.resolve()
+    if in_place:
+        target = source
+        target.update_params(new_params)  # first: a rerun of the old scan command is refused from now on
+    else:
+        target = ScanState(ensure_output_dir(Path(dest)))
+        if target.exists() and target.params().get("redetected_from") != str(scan_dir.resolve()):
+            raise ScanError(f"{dest} holds another scan; `detect -o` writes into a new folder (or pass no -o to "
+                            f"rewrite {scan_dir} in place)")
+        new_params = new_params | {"save_window_scores": False}  # the window scores stay in the source folder
+        target.begin(new_params, model, overwrite=True)
+        target.set_plan(keys, folder_errors)
     score_cols = [f"score_{c}" for c in ctx.classes]
-    groups = dict(tuple(windows.groupby("recording", sort=False)))
-    frames = []
-    for row in recordings.itertuples(index=False):
-        w = groups.get(row.recording, windows.iloc[:0])
-        start = pd.Timestamp(row.recording_start).to_pydatetime() if row.recording_start else None
-        frames.append(build_events(ctx, options, row.recording, row.path, start, w["begin_s"].to_numpy(),
-                                   w[score_cols].to_numpy(), float(row.duration_s)))
-    events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(EVENT_COLUMNS))
-    new_params = params | {"threshold": options.threshold, "class_thresholds": dict(options.class_thresholds),
-                           "report_classes": list(options.classes) if options.classes else None,
-                           "min_windows": options.min_windows, "max_gap_s": options.max_gap_s, "redetected_from": str(scan_dir)}
-    write_parquet(events, dest / "detections.parquet", new_params)
-    get_writer("raven")().write_all(events, list(zip(recordings["recording"], recordings["path"])), dest / "raven")
-    return events
+    for key in keys:
+        record = records[key]
+        rec = Recording(record["recording"], Path(record["path"]))
+        if record["status"] == "failed":
+            if not in_place:
+                target.commit(rec, record, None, None)
+            continue
+        w = pq.read_table(source.part(key, "windows")).to_pandas()
+        start = pd.Timestamp(record["recording_start"]).to_pydatetime() if record.get("recording_start") else None
+        events = build_events(ctx, options, rec.rel, record["path"], start, w["begin_s"].to_numpy(),
+                              w[score_cols].to_numpy(), float(record["duration_s"]))
+        target.commit(rec, record | {"n_events": len(events)}, events, None)
+    finalize(target)
+    return read_parquet(target.out / "detections.parquet")
 
 
 def export(detections: str | Path, fmt: str, dest: str | Path, min_score: float = 0.0,
            classes: tuple[str, ...] | None = None) -> list[Path]:
     """Convert a detections.parquet to another format, optionally filtered by score and species.
     Per-recording formats get one file per recording listed in recordings.csv beside it (or
-    per recording with an event when there is none)."""
+    per recording with an event when there is none); names that would leave ``dest`` are
+    rewritten to stay under it (see fsutil.safe_relative)."""
     detections = Path(detections)
     events = read_parquet(detections)
     meta = events.attrs.get("primate_monitor", {})
     if classes:
+        known = set(meta.get("classes") or []) | set(events["species"])
+        unknown = sorted(set(classes) - known)
+        if unknown:
+            raise ValueError(f"--classes: unknown species {unknown}; {detections} knows {sorted(known)}")
         events = events[events["species"].isin(classes)]
     events = events[events["peak_score"] >= min_score].reset_index(drop=True)
     writer_cls = get_writer(fmt)
     writer = writer_cls(meta) if writer_cls is ParquetWriter else writer_cls()
-    index = detections.parent / "recordings.csv"
-    if index.is_file():
+    ensure_output_dir(dest)
+    if (detections.parent / "recordings.csv").is_file():
         rec = scanned_recordings(detections.parent)
         recordings = list(zip(rec["recording"], rec["path"]))
     else:

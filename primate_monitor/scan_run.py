@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ def recording_record(rec: Recording, scores: RecordingScores | None, error: Audi
     the scan exit with 3; the audio that was there is scanned and its events kept."""
     record: dict[str, Any] = {"recording": rec.rel, "path": rec.display_path, "scan_seconds": round(seconds, 3),
                               "fingerprint": fingerprint}
+    if rec.display_path != str(rec.path):  # a name with a tab or invalid UTF-8: keep the real bytes, as hex
+        record["path_bytes_hex"] = os.fsencode(rec.path).hex()
     if scores is None:
         return record | {"status": "failed", "error_kind": error.kind, "error": str(error), "duration_s": 0.0,
                          "n_windows": 0, "n_events": 0}
@@ -148,7 +151,7 @@ class ScanRun:
     def run(self, overwrite: bool = False, progress: bool = True) -> ScanSummary:
         ensure_output_dir(self.out)
         self.state.begin(self.params(), model_record(self.model), overwrite)
-        self.state.set_plan(self.recordings, self.plan.folder_errors)
+        self.state.set_plan([r.key for r in self.recordings], self.plan.folder_errors)
         planned = {r.key for r in self.recordings}
         for key in sorted(self.state.keys() - planned):  # deleted or moved since: drop its results and tables
             logger.info("%s: a recording scanned earlier is gone from the inputs; removing its results",
@@ -246,7 +249,7 @@ def _write_run_json(state: ScanState, summary: ScanSummary, table: pd.DataFrame,
            "model": {k: model[k] for k in ("name", "path", "architecture", "sample_rate", "classes")},
            "totals": {"files": summary.files, "scanned": summary.scanned, "failed": summary.failed,
                       "unreadable_folders": unreadable_folders,
-                      "truncated": int(table.get("truncated", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()),
+                      "truncated": int(table["truncated"].eq(True).sum()),
                       "audio_hours": round(summary.audio_hours, 6), "events": summary.events,
                       "events_per_species": summary.species_counts,
                       "wall_seconds_this_run": round(summary.wall_seconds, 3),
@@ -264,6 +267,22 @@ def _duration_or_zero(path: Path) -> float:
         return 0.0
 
 
+def scanned_files(scan_dir: str | Path) -> list[tuple[str, Path]]:
+    """(recording name, real path) of every scanned recording, in plan order. The real path
+    comes from the scan state, where a file name that tables can only show escaped (a tab,
+    invalid UTF-8) is kept as bytes, so the file can still be opened (for plots)."""
+    state = ScanState(scan_dir)
+    table = scanned_recordings(scan_dir)
+    if not state.exists():
+        return [(rel, Path(p)) for rel, p in zip(table["recording"], table["path"])]
+    files = []
+    for rel, shown in zip(table["recording"], table["path"]):
+        record = state.record(Recording(rel, Path(shown)).key) or {}
+        raw = record.get("path_bytes_hex")
+        files.append((rel, Path(os.fsdecode(bytes.fromhex(raw))) if raw else Path(shown)))
+    return files
+
+
 def scanned_recordings(scan_dir: str | Path) -> pd.DataFrame:
     """Rows of OUT/recordings.csv for recordings that were scanned (ok or partial), in plan order."""
     path = Path(scan_dir) / "recordings.csv"
@@ -271,6 +290,37 @@ def scanned_recordings(scan_dir: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{scan_dir}: not a scan output folder (no recordings.csv)")
     table = pd.read_csv(path, keep_default_na=False)
     return table[table["status"] != "failed"].reset_index(drop=True)
+
+
+def find_recording(events: pd.DataFrame, scan_dir: str | Path, recording: str | Path) -> str:
+    """The scan's name (the ``recording`` column) of a file given as a path.
+
+    Tried in turn: the same file (absolute or resolved path), the same name relative to the
+    scanned folder, then the same file name, with a warning naming the others when several
+    recordings share it. A file the scan never saw is a ValueError, not an empty picture."""
+    from .fsutil import printable
+
+    scan_dir = Path(scan_dir)
+    if (scan_dir / "recordings.csv").is_file():
+        table = scanned_recordings(scan_dir)
+        candidates = list(zip(table["recording"].astype(str), table["path"].astype(str)))
+    else:
+        candidates = list(dict.fromkeys(zip(events["recording"].astype(str), events["recording_path"].astype(str))))
+    given = Path(recording)
+    wanted = {printable(str(given.absolute())), printable(str(given.resolve()))}
+    for rel, path in candidates:
+        if path in wanted or printable(str(Path(path).resolve())) in wanted:
+            return rel
+    for rel, _ in candidates:
+        if rel == printable(str(recording)):
+            return rel
+    by_name = [rel for rel, _ in candidates if Path(rel).name == printable(given.name)]
+    if len(by_name) > 1:
+        logger.warning("%s matches %d scanned recordings by file name (%s); using %s", recording, len(by_name),
+                       ", ".join(by_name), by_name[0])
+    if by_name:
+        return by_name[0]
+    raise ValueError(f"{printable(str(recording))} is not among the {len(candidates)} recordings scanned into {scan_dir}")
 
 
 def scan(paths: list[str | Path], out: str | Path, config: ScanConfig | None = None,

@@ -87,7 +87,8 @@ class ScanState:
     def begin(self, params: dict[str, Any], model: dict[str, Any], overwrite: bool) -> None:
         """Start or resume. A different-parameter scan is refused unless ``overwrite`` (which
         deletes only this tool's files); OUT files no scan state claims are never touched."""
-        if overwrite and self.exists():
+        replaced = overwrite and self.exists()
+        if replaced:
             self.clear()
         if self.exists():
             saved = self.params()
@@ -102,7 +103,10 @@ class ScanState:
                                 "files (only files primate-monitor wrote are deleted)")
             return
         foreign = self.foreign_outputs()
-        if foreign:
+        if foreign and replaced:  # this scan's own files are gone; the rest is someone's and stays where it is
+            logger.warning("%s: keeping %d file(s) primate-monitor did not write: %s", self.out, len(foreign),
+                           ", ".join(foreign[:5]))
+        elif foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise ScanError(f"{self.out} already holds {shown}, which no primate-monitor scan in this folder wrote; "
                             "primate-monitor never deletes files it did not write, so pick another -o or move them away")
@@ -113,14 +117,19 @@ class ScanState:
         """New parameters for the committed results (``detect`` rewrote them in place)."""
         _write_json(self.dir / _PARAMS, self.meta() | {"params": params})
 
-    def set_plan(self, recordings: Sequence[Recording], folder_errors: Sequence[tuple[str, str]]) -> None:
-        """Remember the output order and the unreadable folders, so outputs can be rebuilt from
-        the state alone (``detect``) in the order the scan wrote them."""
-        _write_json(self.dir / _PLAN, {"keys": [r.key for r in recordings],
-                                       "folder_errors": [list(e) for e in folder_errors]})
+    def set_plan(self, keys: Sequence[str], folder_errors: Sequence[tuple[str, str]]) -> None:
+        """Remember the output order (recording keys) and the unreadable folders, so outputs can be
+        rebuilt from the state alone (``detect``) in the order the scan wrote them."""
+        _write_json(self.dir / _PLAN, {"keys": list(keys), "folder_errors": [list(e) for e in folder_errors]})
 
     def plan(self) -> tuple[list[str], list[tuple[str, str]]]:
-        saved = json.loads((self.dir / _PLAN).read_text())
+        """(keys in output order, unreadable folders); a scan from before plans were stored is
+        ordered as its recordings.csv."""
+        path = self.dir / _PLAN
+        if not path.is_file():
+            table = pd.read_csv(self.out / "recordings.csv", keep_default_na=False)
+            return [Recording(rel, Path(p)).key for rel, p in zip(table["recording"], table["path"])], []
+        saved = json.loads(path.read_text())
         return saved["keys"], [tuple(e) for e in saved["folder_errors"]]
 
     # -- recordings ------------------------------------------------------------------------
@@ -142,13 +151,15 @@ class ScanState:
             return False
         return all(self.part(rec.key, name).is_file() for name in ("events", "windows")[: 1 + windows])
 
-    def write_tables(self, rel: str, events: pd.DataFrame) -> list[str]:
-        """The per-recording tables of one recording; returns their paths relative to OUT."""
+    def write_tables(self, rel: str, events: pd.DataFrame) -> list[list]:
+        """The per-recording tables of one recording; returns [path relative to OUT, size,
+        mtime_ns] of each, so a table a person edited later is recognised and not deleted."""
         written = []
         for name in PER_RECORDING_WRITERS:
             target = per_recording_output(name, rel)
-            get_writer(name)().write(events, self.out / target)
-            written.append(target)
+            path = get_writer(name)().write(events, self.out / target)
+            st = path.stat()
+            written.append([target, st.st_size, st.st_mtime_ns])
         return written
 
     def commit(self, rec: Recording, record: dict[str, Any], events: pd.DataFrame | None,
@@ -173,8 +184,24 @@ class ScanState:
         if outputs is None and record is not None and record["status"] != "failed":  # a record of an older version
             outputs = [per_recording_output(name, record["recording"]) for name in PER_RECORDING_WRITERS]
         for target in outputs or []:
-            _unlink(self.out / target)
+            self._remove_output(target)
         self._prune_empty_dirs()
+
+    def _remove_output(self, entry: str | list) -> None:
+        """Delete a file this scan wrote; one changed since (a Raven table someone reviewed) is
+        renamed aside instead, so no one's work is lost and the name is free for the new table."""
+        target, *written = [entry] if isinstance(entry, str) else entry
+        path = self.out / target
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return
+        if written and [st.st_size, st.st_mtime_ns] != written:
+            kept = path.with_name(f"{path.name}.edited-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+            path.rename(kept)
+            logger.warning("%s changed since primate-monitor wrote it; kept as %s", path, kept.name)
+            return
+        path.unlink()
 
     # -- files written outside the per-recording commits -----------------------------------
     def add_outputs(self, paths: Iterable[Path]) -> None:

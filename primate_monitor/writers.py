@@ -7,6 +7,7 @@ run never leaves a half-written table that looks complete.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,8 +18,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .fsutil import atomic_write
+from .fsutil import atomic_write, safe_relative
 from .raven import RAVEN_COLUMNS
+
+logger = logging.getLogger(__name__)
 
 EVENT_SCHEMA = pa.schema([
     ("recording", pa.string()),  # path relative to the scanned root
@@ -106,7 +109,14 @@ class ResultWriter:
         if unlisted:
             raise ValueError(f"events for recordings not in the list: {unlisted}")
         groups = {rel: frame for rel, frame in events.groupby("recording", sort=False)}
-        return [self.write(groups.get(rel, events.iloc[:0]), out_dir / f"{rel}{self.suffix}") for rel in rels]
+        names = {rel: safe_relative(rel) for rel in rels}  # recording names are data: keep every file under out_dir
+        clashes = sorted(n for n, k in Counter(names.values()).items() if k > 1)
+        if clashes:
+            raise ValueError(f"recording names that would write the same file: {clashes}")
+        for rel, name in names.items():
+            if name != rel:
+                logger.warning("recording %r is written as %s under %s", rel, name, out_dir)
+        return [self.write(groups.get(rel, events.iloc[:0]), out_dir / f"{names[rel]}{self.suffix}") for rel in rels]
 
 
 class RavenWriter(ResultWriter):
