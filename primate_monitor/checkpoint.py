@@ -149,14 +149,20 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights on the CPU (safetensors: never unpickles); CheckpointError naming
+    the file when they cannot be read."""
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read weights: {e}") from e
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the network from a checkpoint, in eval mode on ``device``. Never unpickles."""
     path = Path(path)
     info = ModelInfo.from_dict(read_metadata(path), str(path))
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read weights: {e}") from e
+    tensors = read_tensors(path)
     network = create_model(info.model, len(info.classes))
     expected = network.state_dict()
     try:

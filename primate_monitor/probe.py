@@ -33,12 +33,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
-from .checkpoint import CheckpointError, ModelInfo, file_sha256, read_metadata, save_checkpoint
+from .checkpoint import CheckpointError, ModelInfo, file_sha256, read_metadata, read_tensors, save_checkpoint
 from .data import DataError
 from .embed import read_embeddings
 from .fsutil import atomic_write, ensure_output_dir, write_csv
@@ -136,10 +134,7 @@ def probe_checkpoint(base_path: str | Path, probe: LinearProbe, out_path: str | 
     classes, ``activation: sigmoid`` and ``config.probe`` describing the head."""
     base_path = Path(base_path)
     base = ModelInfo.from_dict(read_metadata(base_path), str(base_path))
-    try:
-        tensors = load_file(str(base_path), device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{base_path}: cannot read weights: {e}") from e
+    tensors = read_tensors(base_path)
     network = create_model(base.model, len(probe.classes))
     if probe.weight.shape[1] != network.embedding_dim:
         raise CheckpointError(f"{base_path}: a {base.model} embeds in {network.embedding_dim} dimensions, "
