@@ -123,7 +123,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--config", default=str(REPO / "configs/cnn10_8k.yaml"))
     p.add_argument("--sets", type=lambda s: s.split(","), default=["short", "long"])
-    p.add_argument("--paddings", type=lambda s: s.split(","), default=["zeros_end", "random_offset", "repeat", "background"])
+    p.add_argument("--paddings", type=lambda s: s.split(","), default=["zeros_end", "random_offset", "repeat"])
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--eval-every", type=int, default=100)

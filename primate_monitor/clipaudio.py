@@ -122,18 +122,16 @@ def decode_clips(
 PAPER_PADDING = "zeros_end"  # what a checkpoint without a ``padding`` key was trained with
 
 
-def pad_train(
-    audio: np.ndarray, n_samples: int, padding: str, rng: np.random.Generator,
-    background: list[np.ndarray] | None = None,
-) -> np.ndarray:
+def pad_train(audio: np.ndarray, n_samples: int, padding: str, rng: np.random.Generator) -> np.ndarray:
     """One training window of ``n_samples``: a random crop of a long clip, or a short clip
     padded by ``padding`` with random placement, so the network sees the call anywhere.
 
     - ``zeros_end``: the clip at the start, zeros after (the paper);
     - ``random_offset``: the clip at a random offset, zeros around;
-    - ``repeat``: the clip tiled over the window from a random phase;
-    - ``background``: the clip at a random offset inside a stretch of real background
-      built from ``background`` clips (reject-class training clips); without any, zeros.
+    - ``repeat``: the clip tiled over the window from a random phase.
+
+    Padding with real background was measured too and dropped: evaluation cannot present a
+    clip the same way (no background travels with a checkpoint), see docs/short_clips.md.
     """
     n = len(audio)
     if n >= n_samples:
@@ -143,13 +141,10 @@ def pad_train(
         return np.pad(audio, (0, n_samples - n))
     if padding == "repeat":
         return _tile(audio, n_samples, int(rng.integers(0, n)))
-    offset = int(rng.integers(0, n_samples - n + 1))
-    if padding == "background" and background:
-        out = _background_fill(background, n_samples, rng).astype(audio.dtype, copy=False)
-    elif padding in ("random_offset", "background"):
-        out = np.zeros(n_samples, dtype=audio.dtype)
-    else:
+    if padding != "random_offset":
         raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    offset = int(rng.integers(0, n_samples - n + 1))
+    out = np.zeros(n_samples, dtype=audio.dtype)
     out[offset : offset + n] = audio
     return out
 
@@ -157,8 +152,7 @@ def pad_train(
 def pad_eval(audio: np.ndarray, n_samples: int, padding: str) -> np.ndarray:
     """The one deterministic window evaluation, validation and prediction use for a clip of
     at most ``n_samples``: the training rule of ``padding`` with its random choice fixed
-    (zeros_end: at the start; repeat: tiled from phase 0; random_offset and background:
-    centred in zeros, since no training background travels with a checkpoint)."""
+    (zeros_end: at the start; repeat: tiled from phase 0; random_offset: centred in zeros)."""
     n = len(audio)
     if n >= n_samples:
         return audio[:n_samples]
@@ -166,7 +160,7 @@ def pad_eval(audio: np.ndarray, n_samples: int, padding: str) -> np.ndarray:
         return np.pad(audio, (0, n_samples - n))
     if padding == "repeat":
         return _tile(audio, n_samples, 0)
-    if padding in ("random_offset", "background"):
+    if padding == "random_offset":
         before = (n_samples - n) // 2
         return np.pad(audio, (before, n_samples - n - before))
     raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
@@ -176,20 +170,6 @@ def _tile(audio: np.ndarray, n_samples: int, phase: int) -> np.ndarray:
     """``audio`` repeated end to end, starting ``phase`` samples into it, cut to n_samples."""
     reps = -(-(n_samples + phase) // len(audio))
     return np.tile(audio, reps)[phase : phase + n_samples]
-
-
-def _background_fill(background: list[np.ndarray], n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_samples`` of real background: random stretches of random background clips, end to end."""
-    pieces, total = [], 0
-    while total < n_samples:
-        clip = background[int(rng.integers(0, len(background)))]
-        want = n_samples - total
-        if len(clip) > want:
-            start = int(rng.integers(0, len(clip) - want + 1))
-            clip = clip[start : start + want]
-        pieces.append(clip)
-        total += len(clip)
-    return np.concatenate(pieces)
 
 
 def eval_windows(audio: np.ndarray, n_samples: int, hop_samples: int, padding: str = PAPER_PADDING) -> np.ndarray:

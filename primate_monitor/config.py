@@ -19,7 +19,7 @@ from .models import MODELS
 # How a clip shorter than clip_seconds fills the window (primate_monitor.clipaudio.pad_train).
 # zeros_end is the paper's; repeat is the default because short clips learn in far fewer
 # iterations with it and long ones lose nothing (docs/short_clips.md).
-PADDINGS = ("zeros_end", "random_offset", "repeat", "background")
+PADDINGS = ("zeros_end", "random_offset", "repeat")
 
 
 class ConfigError(ValueError):
@@ -106,7 +106,7 @@ KEY_HELP: dict[str, str] = {
     "model": f"network architecture: one of {', '.join(sorted(MODELS))}",
     "sample_rate": "audio is resampled to this rate (Hz) before the log-mel front end",
     "clip_seconds": "length of the window the model sees, s (longer clips are cropped, shorter padded)",
-    "padding": "a shorter clip fills the window by: repeat (tiled; default), zeros_end (the paper), random_offset, or background (docs/short_clips.md)",
+    "padding": "a shorter clip fills the window by: repeat (tiled; default), zeros_end (the paper), or random_offset (docs/short_clips.md)",
     "reject_class": "the class that means 'no primate call' (background)",
     "iterations": "number of optimizer steps to train for",
     "batch_size": "clips per optimizer step",

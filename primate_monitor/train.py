@@ -89,10 +89,10 @@ def prepare_split(clips: list[Clip], classes: list[str], config: TrainConfig, ca
 
 
 def make_batch(data: LabelledAudio, idx: np.ndarray, clip_samples: int, rng: np.random.Generator,
-               padding: str = "zeros_end", background: list[np.ndarray] | None = None) -> torch.Tensor:
+               padding: str = "zeros_end") -> torch.Tensor:
     """(batch, samples) float32: random crops of long clips, short ones padded by ``padding``
-    (``clipaudio.pad_train``; ``background`` are the reject-class clips for that mode)."""
-    return torch.from_numpy(np.stack([pad_train(data.audio[i], clip_samples, padding, rng, background)
+    (``clipaudio.pad_train``)."""
+    return torch.from_numpy(np.stack([pad_train(data.audio[i], clip_samples, padding, rng)
                                       for i in idx]).astype(np.float32))
 
 
@@ -133,7 +133,6 @@ class Trainer:
         self.ema = EMA(self.model, config.ema_decay, config.ema_start) if config.ema else None
         self.sampler = SAMPLERS[config.sampler](self.train_data.labels.tolist(), len(self.classes), config.seed)
         self.rng = np.random.default_rng(config.seed + 1)  # crop offsets, padding
-        self.background = self._background_pool()
         self.generator = torch.Generator().manual_seed(config.seed + 2)  # MixUp, SpecAugment
         self.clip_samples = round(config.clip_seconds * config.sample_rate)
         self.step, self.best_uar, self.best_metrics = 0, -1.0, {}
@@ -159,15 +158,6 @@ class Trainer:
                            self.config.devel_split, ", ".join(map(repr, missing)), len(self.classes) - len(missing),
                            len(self.classes))
 
-    def _background_pool(self) -> list[np.ndarray]:
-        """Reject-class training clips, the real background that ``padding: background`` pads with."""
-        if self.config.padding != "background":
-            return []
-        if self.config.reject_class not in self.classes:
-            logger.warning("padding 'background': no %r training clips, short clips are padded with zeros", self.config.reject_class)
-            return []
-        k = self.classes.index(self.config.reject_class)
-        return [a for a, label in zip(self.train_data.audio, self.train_data.labels) if label == k]
 
     def _report_bad(self) -> None:
         bad = self.train_data.bad + self.devel_data.bad
@@ -195,7 +185,7 @@ class Trainer:
 
     def train_step(self) -> float:
         idx = self.sampler.draw(self.config.batch_size)
-        wave = make_batch(self.train_data, idx, self.clip_samples, self.rng, self.config.padding, self.background).to(self.device, non_blocking=True)
+        wave = make_batch(self.train_data, idx, self.clip_samples, self.rng, self.config.padding).to(self.device, non_blocking=True)
         labels = torch.from_numpy(self.train_data.labels[idx]).to(self.device)
         targets = F.one_hot(labels, len(self.classes)).float()
         self.model.train()

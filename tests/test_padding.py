@@ -15,9 +15,9 @@ SHORT = Path(__file__).parent / "fixtures" / "short_clips" / "short"
 A = np.array([1.0, 2.0, 3.0], dtype=np.float32)
 
 
-def draws(padding, n, k=200, background=None, audio=A):
+def draws(padding, n, k=200, audio=A):
     rng = np.random.default_rng(0)
-    return [pad_train(audio, n, padding, rng, background) for _ in range(k)]
+    return [pad_train(audio, n, padding, rng) for _ in range(k)]
 
 
 # ---- each mode by hand ---------------------------------------------------------------
@@ -38,17 +38,6 @@ def test_random_offset_places_the_clip_anywhere_in_zeros_and_centres_it_in_evalu
     assert seen == {(1, 2, 3, 0, 0), (0, 1, 2, 3, 0), (0, 0, 1, 2, 3)}
     assert pad_eval(A, 6, "random_offset").tolist() == [0, 1, 2, 3, 0, 0]  # (6 - 3) // 2 zeros before
     assert pad_eval(A, 7, "random_offset").tolist() == [0, 0, 1, 2, 3, 0, 0]
-
-
-def test_background_surrounds_the_clip_with_background_samples():
-    bg = [np.full(4, 9.0, dtype=np.float32), np.full(2, 7.0, dtype=np.float32)]
-    for out in draws("background", 8, background=bg):
-        k = int(np.flatnonzero(out == 1.0)[0])
-        assert out[k : k + 3].tolist() == [1, 2, 3]
-        rest = np.delete(out, [k, k + 1, k + 2])
-        assert set(rest.tolist()) <= {9.0, 7.0}
-    # no reject-class clip to pad with: zeros, as random_offset
-    assert {tuple(o.tolist()) for o in draws("background", 4)} == {(1, 2, 3, 0), (0, 1, 2, 3)}
 
 
 @pytest.mark.parametrize("padding", PADDINGS)
@@ -99,9 +88,9 @@ def spy(monkeypatch):
     calls = {"train": [], "eval": []}
     real_train, real_eval = clipaudio.pad_train, clipaudio.eval_windows
 
-    def pad_train_spy(audio, n, padding, rng, background=None):
+    def pad_train_spy(audio, n, padding, rng):
         calls["train"].append((len(audio) < n, padding))
-        return real_train(audio, n, padding, rng, background)
+        return real_train(audio, n, padding, rng)
 
     def eval_windows_spy(audio, n, hop, padding=clipaudio.PAPER_PADDING):
         calls["eval"].append((len(audio), n, padding))
