@@ -47,6 +47,9 @@ class ModelInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     data_summary: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
+    # calibrated per-species score thresholds (``primate-monitor set-thresholds``); scan uses them
+    # unless told otherwise. Empty for checkpoints without them: every species then uses 0.5.
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     @property
     def sample_rate(self) -> int:
@@ -67,7 +70,7 @@ class ModelInfo:
             "metrics": self.metrics,
             "data_summary": self.data_summary,
             "version": self.version,
-        }
+        } | ({"thresholds": dict(sorted(self.thresholds.items()))} if self.thresholds else {})
 
     @classmethod
     def from_dict(cls, meta: dict[str, Any], source: str) -> "ModelInfo":
@@ -85,9 +88,28 @@ class ModelInfo:
                 metrics=meta.get("metrics", {}),
                 data_summary=meta.get("data_summary", {}),
                 version=meta.get("version", "unknown"),
+                thresholds=_read_thresholds(meta.get("thresholds"), meta["classes"], meta["reject_class"], source),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: checkpoint metadata is incomplete or invalid: {e}") from e
+
+
+def _read_thresholds(raw: Any, classes: list[str], reject_class: str, source: str) -> dict[str, float]:
+    """The optional ``thresholds`` field: species of this model -> a number in [0, 1]. Absent (older
+    checkpoints) means none. Checked here so a bad field fails at load, naming the file."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{source}: metadata field 'thresholds' must map species to numbers, got {raw!r}")
+    out = {}
+    for name, value in raw.items():
+        if name not in classes or name == reject_class:
+            raise CheckpointError(f"{source}: threshold for {name!r}, which is not a species of this model "
+                                  f"({[c for c in classes if c != reject_class]})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise CheckpointError(f"{source}: threshold for {name!r} must be a number in [0, 1], got {value!r}")
+        out[str(name)] = float(value)
+    return out
 
 
 @dataclass

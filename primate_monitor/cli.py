@@ -92,9 +92,12 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
               help="Replace the run in OUT (only the files train writes: checkpoints, log, skipped list).")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable clips (listed in OUT/skipped_clips.csv).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Overrides the config's device.")
+@click.option("--add-reviewed", "reviewed", multiple=True, type=click.Path(path_type=Path),
+              help="Filled-in review tables (files or folders, from `review`): 'no' becomes a background clip, "
+                   "a species name a clip of it, 'yes' one of the detected species; train split only. Repeatable.")
 @click.pass_obj
 def train(obj: dict, data: Path, config_path: Path | None, overrides: tuple[str, ...], out: Path, resume: bool,
-          overwrite: bool, skip_bad: bool, device: str | None) -> None:
+          overwrite: bool, skip_bad: bool, device: str | None, reviewed: tuple[Path, ...]) -> None:
     """Train a model on labelled clips in DATA (ComParE layout, class folders or Raven tables).
 
     OUT must be a new or empty folder, or hold a run to continue with --resume (or to
@@ -105,7 +108,8 @@ def train(obj: dict, data: Path, config_path: Path | None, overrides: tuple[str,
     extra = list(overrides) + (["skip_bad=true"] if skip_bad else []) + ([f"device={device}"] if device else [])
     try:
         config = load_config(config_path, extra)
-        best = run_train(data, out, config, resume=resume, progress=not obj["quiet"], overwrite=overwrite)
+        best = run_train(data, out, config, resume=resume, progress=not obj["quiet"], overwrite=overwrite,
+                         reviewed=reviewed)
     except (*USER_ERRORS, OSError) as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -170,10 +174,15 @@ def _class_list(classes: str | None) -> tuple[str, ...] | None:
     return chosen
 
 
-def _event_options(thresholds: tuple[str, ...], classes: str | None, min_windows: int, max_gap: float):
-    from .events import EventOptions, parse_thresholds
+def _event_options(thresholds: tuple[str, ...], classes: str | None, min_windows: int, max_gap: float,
+                   thresholds_file: Path | None = None):
+    """Per species, the first that applies: --threshold SPECIES=T, --thresholds-file, a bare
+    --threshold T, (scan only) the model's own calibrated thresholds, 0.5."""
+    from .events import EventOptions, load_thresholds_file, parse_thresholds
 
     default, per_class = parse_thresholds(thresholds) if thresholds else (0.5, {})
+    if thresholds_file is not None:
+        per_class = load_thresholds_file(thresholds_file) | per_class
     chosen = _class_list(classes)
     return EventOptions(threshold=default, class_thresholds=per_class, classes=chosen, min_windows=min_windows,
                         max_gap_s=max_gap)
@@ -182,6 +191,9 @@ def _event_options(thresholds: tuple[str, ...], classes: str | None, min_windows
 EVENT_OPTIONS = [
     click.option("--threshold", "thresholds", multiple=True, metavar="T|SPECIES=T",
                  help="Score threshold, default 0.5; per class as chimpanzee=0.7. Repeatable."),
+    click.option("--thresholds-file", type=click.Path(path_type=Path), default=None,
+                 help="YAML of per-species thresholds (calibrate's thresholds.yaml, or 'species: T'); "
+                      "--threshold SPECIES=T overrides a species in it."),
     click.option("--classes", default=None, help="Comma-separated species to report (default: all)."),
     click.option("--min-windows", default=1, show_default=True, help="Drop events with fewer windows."),
     click.option("--max-gap", default=0.0, show_default=True, help="Merge windows of a species this many s apart."),
@@ -207,14 +219,24 @@ def event_options(fn):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", default=32, show_default=True, help="Windows per network call (exact mode).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Threads decoding upcoming files.")
+              help="Threads decoding upcoming files (serial), or worker processes (processes).")
+@click.option("--executor", type=click.Choice(["serial", "processes", "dask"]), default=None,
+              help="Where recordings are scanned: this process (serial, the default), --workers local processes, "
+                   "or a Dask cluster (dask: --cluster, default local:WORKERS). Never changes the results.")
+@click.option("--cluster", default=None, metavar="local:N|tcp://HOST:PORT|slurm:N",
+              help="Dask cluster: N local worker processes, a running scheduler, or N dask-jobqueue jobs.")
+@click.option("--piece-hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Cut longer recordings into pieces of about this many hours, scored by separate workers.")
+@click.option("--torch-threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads per worker process (default 1 for processes and local:N).")
 @click.option("--save-window-scores", is_flag=True, help="Also write windows.parquet (for `detect`).")
 @click.option("--plots", is_flag=True, help="Draw a spectrogram with detections per recording in OUT/plots.")
 @click.option("--overwrite", is_flag=True, help="Discard an earlier scan in OUT instead of resuming it.")
 @click.pass_obj
 def scan(obj: dict, paths: tuple[Path, ...], out: Path, model_path: Path | None, hop_seconds: float,
-         thresholds: tuple[str, ...], classes: str | None, min_windows: int, max_gap: float, mode: str,
-         channel: int | None, device: str, batch_size: int, workers: int, save_window_scores: bool, plots: bool,
+         thresholds: tuple[str, ...], thresholds_file: Path | None, classes: str | None, min_windows: int, max_gap: float, mode: str,
+         channel: int | None, device: str, batch_size: int, workers: int, executor: str | None, cluster: str | None,
+         piece_hours: float | None, torch_threads: int | None, save_window_scores: bool, plots: bool,
          overwrite: bool) -> None:
     """Scan recordings (files or folders, recursively) for primate calls.
 
@@ -226,10 +248,13 @@ def scan(obj: dict, paths: tuple[Path, ...], out: Path, model_path: Path | None,
     from .scanner import ScanConfig
 
     try:
-        config = ScanConfig(hop_seconds=hop_seconds, events=_event_options(thresholds, classes, min_windows, max_gap),
-                            mode=mode, channel=channel, batch_size=batch_size)
+        config = ScanConfig(hop_seconds=hop_seconds,
+                            events=_event_options(thresholds, classes, min_windows, max_gap, thresholds_file),
+                            mode=mode, channel=channel, batch_size=batch_size,
+                            model_thresholds=not any("=" not in t for t in thresholds))  # a bare --threshold T
         summary = run_scan(list(paths), out, config, model_path, device, workers, save_window_scores, overwrite,
-                           progress=not obj["quiet"])
+                           progress=not obj["quiet"], executor=executor, cluster=cluster,
+                           piece_seconds=piece_hours * 3600 if piece_hours else None, torch_threads=torch_threads)
         if plots:
             from .plots import plot_scan
 
@@ -254,13 +279,13 @@ def scan(obj: dict, paths: tuple[Path, ...], out: Path, model_path: Path | None,
 @click.argument("scan_dir", type=click.Path(path_type=Path))
 @event_options
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Where to write (default SCAN_DIR).")
-def detect(scan_dir: Path, thresholds: tuple[str, ...], classes: str | None, min_windows: int, max_gap: float,
-           out: Path | None) -> None:
+def detect(scan_dir: Path, thresholds: tuple[str, ...], thresholds_file: Path | None, classes: str | None,
+           min_windows: int, max_gap: float, out: Path | None) -> None:
     """Rebuild events and Raven tables from SCAN_DIR/windows.parquet with new thresholds."""
     from .redetect import redetect
 
     try:
-        events = redetect(scan_dir, _event_options(thresholds, classes, min_windows, max_gap), out)
+        events = redetect(scan_dir, _event_options(thresholds, classes, min_windows, max_gap, thresholds_file), out)
     except (*USER_ERRORS, OSError) as e:
         _fail(e)
     click.echo(f"{len(events)} detections -> {(out or scan_dir) / 'detections.parquet'}")
@@ -370,6 +395,10 @@ def config_keys() -> None:
 from .cli_science import register as _register_science  # noqa: E402  (embed, probe, tsne, summarize)
 
 _register_science(main)
+
+from .cli_review import register as _register_review  # noqa: E402  (review, calibrate, set-thresholds)
+
+_register_review(main)
 
 
 if __name__ == "__main__":

@@ -127,13 +127,14 @@ def tsne(embeddings: Path, out: Path, split: str | None, max_points: int, perple
 def summarize(scan_dir: Path, out: Path, site_from: str, site_regex: str | None, occasion: str, min_score: float,
               thresholds_file: Path | None, utc_offset: str, species: str | None) -> None:
     """Effort, detection histories (for R unmarked) and diel activity from a scan's SCAN_DIR."""
-    from .summarize import SummaryOptions, load_thresholds, write_summary
+    from .events import load_thresholds_file
+    from .summarize import SummaryOptions, write_summary
     from .summarize import summarize as run_summarize
 
     user_errors, fail = _errors()
     try:
         options = SummaryOptions(site_from=site_from, site_regex=site_regex, occasion=occasion, min_score=min_score,
-                                 thresholds=load_thresholds(thresholds_file) if thresholds_file else {},
+                                 thresholds=load_thresholds_file(thresholds_file) if thresholds_file else {},
                                  utc_offset=utc_offset,
                                  species=tuple(s.strip() for s in species.split(",") if s.strip()) if species else None)
         summary = run_summarize(scan_dir, options)

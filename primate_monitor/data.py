@@ -292,6 +292,66 @@ def _raven_clips(folder: Path, config: TrainConfig) -> list[Clip]:
     return clips
 
 
+def reviewed_clips(paths: list[str | Path], known: set[str] | list[str], config: TrainConfig) -> list[Clip]:
+    """Training clips from filled-in review tables (``primate-monitor review``): the model's
+    mistakes and confirmations, to learn from.
+
+    A ``no`` becomes a reject-class (``background``) clip, a species name a clip of that
+    species, ``yes`` a clip of the detected species; rows with no verdict are skipped. Each clip
+    is ``config.clip_seconds`` long, centred on the selection, cut from the recording its
+    ``Begin Path`` names. Why centred and clip-long: a hard negative is the stretch the model
+    got wrong, and a clip of the model's own length holds no unjudged audio to crop from. A
+    verdict that is not yes/no/a class in ``known`` (the training classes) is a DataError
+    naming the table and row."""
+    from .review import read_review_tables, verdict_label
+
+    try:
+        rows = read_review_tables(list(paths))
+    except (ValueError, FileNotFoundError) as e:
+        raise DataError(str(e)) from e
+    clips: list[Clip] = []
+    skipped = 0
+    for r in rows.itertuples(index=False):
+        where = f"{printable(r.table)}, row {r.row}"
+        try:
+            label = verdict_label(r.verdict, r.species, set(known), config.reject_class, where)
+        except ValueError as e:
+            raise DataError(f"{e}; fill in yes, no or one of the training classes") from e
+        if label is None:
+            skipped += 1
+            continue
+        check_label(label, where)
+        if not r.begin_path:
+            raise DataError(f"{where}: no Begin Path, so the recording to cut the clip from is unknown")
+        audio = Path(r.begin_path)
+        if not audio.is_file():
+            raise DataError(f"{where}: recording {printable(r.begin_path)} not found")
+        centre = (float(r.begin_s) + float(r.end_s)) / 2
+        start = max(0.0, centre - config.clip_seconds / 2)
+        clips.append(Clip(audio, label, start, start + config.clip_seconds))
+    logger.info("reviewed tables: %d clip(s) (%s), %d row(s) without a verdict skipped", len(clips),
+                dict(sorted(Counter(c.label for c in clips).items())), skipped)
+    if not clips:
+        raise DataError(f"no verdicts in the review tables under {', '.join(map(str, paths))}; fill in the Verdict column")
+    return clips
+
+
+def add_reviewed(splits: Splits, paths: list[str | Path], config: TrainConfig) -> Splits:
+    """``splits`` with the clips of the review tables in ``paths`` appended to the train split,
+    never to devel: devel must stay what it was, or checkpoint choice would be scored on the
+    very detections it is trained to fix. Known classes are those of the train split plus the
+    reject class. A reviewed recording that devel also uses is named in a warning (a leak)."""
+    train = splits.get(config.train_split, [])
+    known = {c.label for c in train if c.label != UNLABELLED} | {config.reject_class}
+    extra = reviewed_clips(paths, known, config)
+    devel_files = {c.path.resolve() for c in splits.get(config.devel_split, [])}
+    shared = sorted({str(c.path) for c in extra if c.path.resolve() in devel_files})
+    if shared:
+        logger.warning("reviewed clips come from recording(s) the %s split also holds, which leaks into validation: %s",
+                       config.devel_split, ", ".join(shared[:5]))
+    return splits | {config.train_split: train + extra}
+
+
 def check_classes(splits: Splits, config: TrainConfig) -> list[str]:
     """Sorted training classes; every labelled clip of another split must use one of them."""
     train = splits.get(config.train_split, [])

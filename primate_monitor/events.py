@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5  # score in [0, 1] at or above which a window is a detection
 # Window starts are floats (start_samples / sample_rate); windows that touch
 # exactly (hop == window) can show a gap of ~1e-15 s and must still merge.
 GAP_TOLERANCE_S = 1e-6
+
+# The schema of an event row: every output (Parquet, CSV, Raven, ...) is written from these columns.
+EVENT_SCHEMA = pa.schema([
+    ("recording", pa.string()),  # path relative to the scanned root
+    ("recording_path", pa.string()),  # absolute path
+    ("recording_start", pa.timestamp("us", tz="UTC")),  # null when unknown
+    ("begin_s", pa.float64()),  # seconds from the start of the recording
+    ("end_s", pa.float64()),
+    ("begin_time", pa.timestamp("us", tz="UTC")),  # recording_start + begin_s, or null
+    ("end_time", pa.timestamp("us", tz="UTC")),
+    ("species", pa.string()),
+    ("peak_score", pa.float64()),
+    ("mean_score", pa.float64()),
+    ("n_windows", pa.int64()),
+    ("low_freq_hz", pa.float64()),  # band the model looked at, for the Raven box
+    ("high_freq_hz", pa.float64()),
+    ("model", pa.string()),
+])
+EVENT_COLUMNS = tuple(EVENT_SCHEMA.names)
 
 EVENT_DTYPES: dict[str, str] = {
     "species": "str",
@@ -61,6 +85,14 @@ class EventOptions:
         if not isinstance(self.max_gap_s, (int, float)) or not math.isfinite(self.max_gap_s) or self.max_gap_s < 0:
             raise ValueError(f"max_gap_s must be a finite number of seconds >= 0, got {self.max_gap_s!r}")
 
+    def __reduce__(self):
+        """Pickle by value (the read-only mapping cannot be pickled), so a scan's options reach
+        worker processes and Dask workers."""
+        from dataclasses import fields
+
+        values = (getattr(self, f.name) for f in fields(self))
+        return (type(self), tuple(dict(v) if isinstance(v, MappingProxyType) else v for v in values))
+
     def threshold_for(self, species: str) -> float:
         """The score threshold for ``species``: its override, else the default."""
         return self.class_thresholds.get(species, self.threshold)
@@ -93,6 +125,37 @@ def parse_thresholds(values: Sequence[str]) -> tuple[float, dict[str, float]]:
         else:
             overrides[name] = value
     return (DEFAULT_THRESHOLD if default is None else default), overrides
+
+
+def load_thresholds_file(path: str | Path) -> dict[str, float]:
+    """Per-species thresholds from a YAML file: calibrate's ``thresholds.yaml`` (the mapping under
+    its ``thresholds:`` key; its ``fitted:`` block is documentation) or a plain ``species: threshold``
+    mapping, as summarize reads.
+
+    Why a file: calibrated thresholds differ per species and site, and typing each on the
+    command line invites mistakes. Every value must be a number in [0, 1]; errors name the file.
+    An empty mapping is allowed (calibrate found no species with enough verdicts) and logged.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read thresholds file: {e}") from e
+    if isinstance(data, dict) and "thresholds" in data:
+        data = data["thresholds"] if data["thresholds"] is not None else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a thresholds file maps species to thresholds ('gibbon: 0.7'), "
+                         "optionally under a 'thresholds:' key")
+    out: dict[str, float] = {}
+    for name, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{path}: threshold for {name!r} must be a number in [0, 1], got {value!r}")
+        out[str(name)] = float(value)
+    if not out:
+        logger.warning("%s holds no thresholds; every species keeps its default", path)
+    return out
 
 
 def validate_options(options: EventOptions, classes: Sequence[str], reject_class: str | None) -> None:

@@ -1,103 +1,46 @@
 """A whole scan: many recordings → OUT/ with Parquet, Raven tables and a run summary.
 
-Each finished recording is committed on its own (its events, window scores, Raven
-table, then a small JSON record that marks it done, each written atomically), so a
-rerun after Ctrl-C, kill -9 or power loss scans only what is missing, and the final
-files are assembled from the committed parts in a fixed order: an interrupted and
-resumed scan writes the same detections as one that ran straight through.
+The scan's three steps, each in its own module: plan (``scan_plan``: which recordings, with
+their fingerprints), execute (``scan_execute``: ``scan_one`` per recording, run by the chosen
+executor), finalise (``scan_finalize``: the run-level files from the committed parts). This
+module ties them together, and is the one commit path: each finished recording, whichever
+executor ran it, is committed here on its own (its events, window scores, Raven table, then
+a small JSON record that marks it done, each written atomically), so a rerun after Ctrl-C,
+kill -9 or power loss scans only what is missing, and the final files are assembled from the
+committed parts in a fixed order: an interrupted and resumed scan writes the same detections
+as one that ran straight through, on any executor or cluster.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from . import __version__
 from .audio import AudioReadError, probe
 from .checkpoint import LoadedModel
-from .fsutil import atomic_write, ensure_output_dir, write_csv
-from .prefetch import Prefetcher
+from .fsutil import ensure_output_dir
+from .scan_execute import (EXECUTORS, DaskExecutor, Executor, ModelRef, PieceCollector, PieceScores, ProcessExecutor,
+                           RecordingResult, SerialExecutor, Task, merge_pieces, plan_pieces, recording_record,
+                           scan_one, windows_frame)
+from .scan_finalize import FAILURE_COLUMNS, RECORDING_COLUMNS, ScanSummary, finalize
 from .scan_plan import Recording, ScanError, plan_recordings
-from .scan_state import STATE_DIR, ScanState, now
-from .scanner import RecordingScores, ScanConfig, check_hop, events_table, prepare_model, score_recording
-from .writers import EVENT_COLUMNS, read_parquet, write_parquet
+from .scan_state import STATE_DIR, ScanState
+from .scanner import ScanConfig, check_hop, prepare_model, with_model_thresholds
 
-__all__ = ["STATE_DIR", "Recording", "ScanError", "ScanRun", "ScanSummary", "finalize", "plan_recordings", "scan",
-           "scanned_recordings"]
+__all__ = ["EXECUTORS", "FAILURE_COLUMNS", "RECORDING_COLUMNS", "STATE_DIR", "Recording", "RecordingResult",
+           "ScanError", "ScanRun", "ScanSummary", "finalize", "plan_recordings", "recording_record", "scan",
+           "scanned_recordings", "windows_frame"]
 
 logger = logging.getLogger(__name__)
-
-RECORDING_COLUMNS = ["recording", "path", "status", "duration_s", "recording_start", "sample_rate", "channels",
-                     "format", "n_windows", "n_events", "truncated", "note", "error_kind", "error"]
-FAILURE_COLUMNS = ["path", "recording", "status", "kind", "message"]
-
-
-@dataclass
-class ScanSummary:
-    out: Path
-    files: int
-    scanned: int
-    failed: int  # recordings not scanned fully, plus folders that could not be read
-    events: int
-    audio_hours: float
-    wall_seconds: float  # this invocation
-    processing_seconds: float  # summed over every invocation's recordings
-    skipped_done: int  # recordings already committed by an earlier run
-    species_counts: dict[str, int] = field(default_factory=dict)  # events per species
-
-    @property
-    def times_real_time(self) -> float:
-        return self.audio_hours * 3600 / self.processing_seconds if self.processing_seconds else 0.0
-
-
-def windows_frame(scores: RecordingScores, model: LoadedModel, rec: Recording) -> pd.DataFrame:
-    """Every window's score for every class, to re-threshold without decoding audio."""
-    frame = pd.DataFrame({"recording": rec.rel, "begin_s": scores.starts_s,
-                          "end_s": (scores.starts_s + model.info.clip_seconds).clip(max=scores.duration_s)})
-    for k, name in enumerate(model.info.classes):
-        frame[f"score_{name}"] = scores.scores[:, k].astype("float32")
-    return frame
-
-
-def recording_record(rec: Recording, scores: RecordingScores | None, error: AudioReadError | None,
-                     n_events: int, seconds: float, fingerprint: dict[str, int] | None) -> dict[str, Any]:
-    """The JSON record that marks a recording as done (ok, partial or failed).
-
-    One rule for "partial": any file that was not read to the end its header promised, a
-    decode error midway or a truncated file, is partial, listed in failures.csv, and makes
-    the scan exit with 3; the audio that was there is scanned and its events kept."""
-    record: dict[str, Any] = {"recording": rec.rel, "path": rec.display_path, "scan_seconds": round(seconds, 3),
-                              "fingerprint": fingerprint}
-    if rec.display_path != str(rec.path):  # a name with a tab or invalid UTF-8: keep the real bytes, as hex
-        record["path_bytes_hex"] = os.fsencode(rec.path).hex()
-    if scores is None:
-        return record | {"status": "failed", "error_kind": error.kind, "error": str(error), "duration_s": 0.0,
-                         "n_windows": 0, "n_events": 0}
-    info = scores.info
-    kind, message = "", ""
-    if scores.error is not None:
-        kind, message = scores.error.kind, str(scores.error)
-    elif scores.truncated:
-        kind, message = "truncated", (f"{rec.display_path}: truncated file, the header promises more audio than it holds; "
-                                      f"scanned the {scores.duration_s:.3f} s present")
-    note = f"truncated file: scanned the {scores.duration_s:.3f} s present" if scores.truncated else ""
-    return record | {
-        "status": "partial" if kind else "ok", "error_kind": kind, "error": message, "note": note,
-        "duration_s": scores.duration_s, "sample_rate": info.sample_rate, "channels": info.channels,
-        "format": f"{info.format}/{info.subtype}",
-        "recording_start": scores.start.isoformat() if scores.start else None,
-        "truncated": scores.truncated, "n_windows": int(len(scores.starts_s)), "n_events": n_events,
-    }
 
 
 def model_record(model: LoadedModel) -> dict[str, Any]:
@@ -110,43 +53,105 @@ def model_record(model: LoadedModel) -> dict[str, Any]:
 
 
 class ScanRun:
-    """One invocation of ``scan``: plan, resume check, the loop over recordings, outputs."""
+    """One invocation of ``scan``: plan, resume check, the executor over what is left, the
+    client-side commit of each finished recording, then the run-level outputs.
+
+    ``executor``: ``serial`` (this process, ``workers`` threads decoding ahead), ``processes``
+    (``workers`` local processes) or ``dask`` (``cluster``: ``local:N``, ``tcp://host:port``,
+    ``slurm:N``, or a connected ``distributed.Client``; a cluster implies dask).
+    ``piece_seconds`` cuts recordings longer than that into pieces scored apart (None: whole).
+    None of these change the results, so they are not run parameters: the same scan rerun
+    with another executor or cluster resumes."""
 
     def __init__(self, paths: list[str | Path], out: str | Path, config: ScanConfig, model: LoadedModel,
-                 workers: int = 1, save_window_scores: bool = False) -> None:
+                 workers: int = 1, save_window_scores: bool = False, executor: str | None = None,
+                 cluster: Any = None, piece_seconds: float | None = None, torch_threads: int | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        executor = executor or ("dask" if cluster is not None else "serial")
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+        if cluster is not None and executor != "dask":
+            raise ValueError(f"a cluster runs the dask executor, not {executor!r}")
+        if executor == "dask" and cluster is None:
+            cluster = f"local:{workers}"
+        if isinstance(cluster, str):
+            from .cluster import check_cluster
+
+            check_cluster(cluster)
+        if piece_seconds is not None and not piece_seconds > 0:
+            raise ValueError(f"piece length must be > 0 s, got {piece_seconds!r}")
+        if torch_threads is not None and torch_threads < 1:
+            raise ValueError(f"torch threads must be at least 1, got {torch_threads}")
         check_hop(config.hop_seconds, model.info.sample_rate)  # before anything is written
         self.out, self.config, self.model = Path(out), config, model
         self.workers, self.save_windows = workers, save_window_scores
+        self.executor, self.cluster = executor, cluster
+        self.piece_seconds, self.torch_threads = piece_seconds, torch_threads
         self.inputs = [printable_path(p) for p in paths]
         self.plan = plan_recordings(list(paths))
         self.recordings = self.plan.recordings
         self.state = ScanState(self.out)
 
     def params(self) -> dict[str, Any]:
-        """What determines the outputs; a resumed run must match it exactly."""
+        """What determines the outputs; a resumed run must match it exactly. How the work is run
+        (executor, cluster, pieces, threads) is not among them."""
         info = self.model.info
         return {"inputs": self.inputs, "model": self.model.name, "model_path": str(self.model.path.resolve()),
                 "classes": list(info.classes), "reject_class": info.reject_class,
                 "save_window_scores": self.save_windows, **self.config.parameters()}
 
-    def scan_one(self, rec: Recording, blocks, bar: tqdm) -> dict[str, Any]:
+    def scan_one(self, rec: Recording, blocks: Iterable[np.ndarray] | None = None,
+                 on_block=None) -> RecordingResult:
+        """One recording in this process (the serial executor's step); commits nothing."""
+        return scan_one(rec, self.model, self.config, self.save_windows, blocks, on_block)
+
+    def commit(self, result: RecordingResult) -> None:
+        """The one commit path: every executor's finished recordings land here, once each."""
+        self.state.commit(result.rec, result.record, result.events, result.windows)
+
+    def todo(self) -> tuple[list[Recording], int]:
+        """Recordings still to scan, and how many were done before. Failed files are tried again
+        (a permission or a copy may have been fixed since), and so is every file whose size or
+        mtime changed since it was scanned."""
+        todo = []
+        for rec in self.recordings:
+            record = self.state.record(rec.key)
+            if not self.state.is_current(rec, record, self.save_windows):
+                todo.append(rec)
+                if record is not None and record["status"] != "failed":
+                    logger.warning("%s changed since it was scanned (size or modification time); scanning it again",
+                                   rec.display_path)
+        return todo, len(self.recordings) - len(todo)
+
+    def tasks(self, todo: list[Recording]) -> list[Task]:
+        """One task per recording, or one per piece of a recording long enough to split."""
+        tasks: list[Task] = []
+        for rec in todo:
+            pieces = plan_pieces(rec, self.model, self.config, self.piece_seconds)
+            tasks += [Task(rec)] if pieces is None else [Task(rec, p) for p in pieces]
+        return tasks
+
+    @contextlib.contextmanager
+    def open_executor(self) -> Iterator[Executor]:
+        """The executor asked for, with its cluster or process pool, closed on exit."""
         sr = self.model.info.sample_rate
-        started = time.perf_counter()
-        fingerprint = rec.fingerprint()  # before reading: a file that grows meanwhile is seen as changed next time
-        try:
-            scores = score_recording(rec.path, self.model, self.config, blocks, lambda n: bar.update(n / sr / 3600))
-        except AudioReadError as e:
-            logger.warning("cannot scan %s", e)
-            record = recording_record(rec, None, e, 0, time.perf_counter() - started, fingerprint)
-            self.state.commit(rec, record, None, None)
-            return record
-        events = events_table(scores, self.model, self.config.events, rec.rel, rec.display_path)
-        windows = windows_frame(scores, self.model, rec) if self.save_windows else None
-        record = recording_record(rec, scores, None, len(events), time.perf_counter() - started, fingerprint)
-        self.state.commit(rec, record, events, windows)
-        return record
+        if self.executor == "serial":
+            yield SerialExecutor(self.scan_one, self.model, self.config, self.workers, self.save_windows)
+            return
+        if self.executor == "processes":
+            executor = ProcessExecutor(ModelRef.of(self.model, self.torch_threads or 1), self.config, self.workers,
+                                       self.save_windows, sr)
+            try:
+                yield executor
+            finally:
+                executor.close()
+            return
+        from .cluster import open_cluster
+
+        threads = self.torch_threads or (1 if isinstance(self.cluster, str) and self.cluster.startswith("local:") else None)
+        with open_cluster(self.cluster, threads) as client:
+            yield DaskExecutor(client, ModelRef.of(self.model, threads), self.config, self.save_windows, sr)
 
     def run(self, overwrite: bool = False, progress: bool = True) -> ScanSummary:
         ensure_output_dir(self.out)
@@ -157,36 +162,33 @@ class ScanRun:
             logger.info("%s: a recording scanned earlier is gone from the inputs; removing its results",
                         (self.state.record(key) or {}).get("recording", key))
             self.state.forget(key)
-        # failed files are tried again (a permission or a copy may have been fixed since), and so
-        # is every file whose size or mtime changed since it was scanned
-        todo, changed = [], 0
-        for rec in self.recordings:
-            record = self.state.record(rec.key)
-            if not self.state.is_current(rec, record, self.save_windows):
-                todo.append(rec)
-                if record is not None and record["status"] != "failed":
-                    changed += 1
-                    logger.warning("%s changed since it was scanned (size or modification time); scanning it again",
-                                   rec.display_path)
-        done_before = len(self.recordings) - len(todo)
+        todo, done_before = self.todo()
         if done_before:
             logger.info("resuming: %d of %d recordings already done in %s", done_before, len(self.recordings), self.out)
         total_h = sum(_duration_or_zero(r.path) for r in todo) / 3600
         bar = tqdm(total=total_h, unit="h", desc="scan", disable=not progress,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}{postfix}]")
-        prefetch = Prefetcher([r.path for r in todo], self.model.info.sample_rate, self.config.channel,
-                              self.config.block_seconds, self.workers)
+        tasks = self.tasks(todo)
+        if len(tasks) > len(todo):
+            logger.info("%d recording(s) split into pieces: %d tasks", sum(t.piece is not None and t.piece.index == 0
+                                                                           for t in tasks), len(tasks))
+        pieces = PieceCollector()
+        finished = 0
         t0 = time.perf_counter()
         try:
-            for i, rec in enumerate(todo):
-                try:
-                    self.scan_one(rec, prefetch.blocks(i), bar)
-                finally:
-                    prefetch.release(i)
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix_str(f"{i + 1}/{len(todo)} files, {bar.n * 3600 / max(elapsed, 1e-9):.0f}x real time")
+            with self.open_executor() as executor:
+                for result in executor.run(tasks, lambda seconds: bar.update(seconds / 3600)):
+                    if isinstance(result, PieceScores):
+                        parts = pieces.add(result)
+                        if parts is None:
+                            continue
+                        result = merge_pieces(parts, self.model, self.config, self.save_windows)
+                    self.commit(result)
+                    finished += 1
+                    elapsed = time.perf_counter() - t0
+                    bar.set_postfix_str(f"{finished}/{len(todo)} files, "
+                                        f"{bar.n * 3600 / max(elapsed, 1e-9):.0f}x real time")
         finally:
-            prefetch.close()
             bar.close()
         return finalize(self.state, time.perf_counter() - t0, done_before)
 
@@ -196,68 +198,6 @@ def printable_path(path: str | Path) -> str:
     from .fsutil import printable
 
     return printable(str(Path(path).absolute()))
-
-
-def finalize(state: ScanState, wall_seconds: float = 0.0, done_before: int = 0) -> ScanSummary:
-    """Assemble OUT's run-level files from the committed parts alone, in plan order.
-
-    Built from the state, not from a live model, so that ``detect`` can rebuild every file
-    of a folder after rewriting its events: all files in one folder always agree."""
-    out, meta = state.out, state.meta()
-    params = meta["params"]
-    keys, folder_errors = state.plan()
-    records = [state.record(k) for k in keys]
-    missing = [k for k, r in zip(keys, records) if r is None]
-    if missing:
-        raise ScanError(f"{out}: {len(missing)} planned recording(s) have no committed result; rerun the scan to finish")
-    scanned = [k for k, r in zip(keys, records) if r["status"] != "failed"]
-    frames = [read_parquet(state.part(k, "events")) for k in scanned]
-    events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(EVENT_COLUMNS))
-    write_parquet(events, out / "detections.parquet", params)
-    if params.get("save_window_scores"):
-        _write_windows(state, scanned, meta)
-    table = pd.DataFrame(records).reindex(columns=RECORDING_COLUMNS + ["scan_seconds"])
-    write_csv(table[RECORDING_COLUMNS], out / "recordings.csv")
-    failed = table[table["status"] != "ok"].rename(columns={"error_kind": "kind", "error": "message"})[FAILURE_COLUMNS]
-    folders = pd.DataFrame([{"path": f, "recording": "", "status": "failed", "kind": "unreadable_folder",
-                             "message": f"{f}: cannot list this folder ({reason}); its files were not scanned"}
-                            for f, reason in folder_errors], columns=FAILURE_COLUMNS)
-    write_csv(pd.concat([failed, folders], ignore_index=True) if len(folders) else failed, out / "failures.csv")
-    summary = ScanSummary(out, len(records), int((table["status"] != "failed").sum()),
-                          int((table["status"] != "ok").sum()) + len(folder_errors), len(events),
-                          float(table["duration_s"].sum()) / 3600, wall_seconds, float(table["scan_seconds"].sum()),
-                          done_before, {str(k): int(v) for k, v in events["species"].value_counts().sort_index().items()})
-    _write_run_json(state, summary, table, len(folder_errors))
-    return summary
-
-
-def _write_windows(state: ScanState, keys: list[str], meta: dict[str, Any]) -> None:
-    model = meta["model"]
-    tables = [pq.read_table(state.part(k, "windows")) for k in keys]
-    info = {"classes": model["classes"], "reject_class": model["reject_class"], "clip_seconds": model["clip_seconds"],
-            "low_freq_hz": model["low_freq_hz"], "high_freq_hz": model["high_freq_hz"], "params": meta["params"]}
-    table = pa.concat_tables(tables) if tables else pa.table({"recording": pa.array([], pa.string())})
-    table = table.replace_schema_metadata({b"primate_monitor": json.dumps(info, sort_keys=True).encode()})
-    with atomic_write(state.out / "windows.parquet") as tmp:
-        pq.write_table(table, tmp)
-
-
-def _write_run_json(state: ScanState, summary: ScanSummary, table: pd.DataFrame, unreadable_folders: int) -> None:
-    meta = state.meta()
-    model = meta["model"]
-    run = {"version": __version__, "parameters": meta["params"], "started": meta["started"], "finished": now(),
-           "model": {k: model[k] for k in ("name", "path", "architecture", "sample_rate", "classes")},
-           "totals": {"files": summary.files, "scanned": summary.scanned, "failed": summary.failed,
-                      "unreadable_folders": unreadable_folders,
-                      "truncated": int(table["truncated"].eq(True).sum()),
-                      "audio_hours": round(summary.audio_hours, 6), "events": summary.events,
-                      "events_per_species": summary.species_counts,
-                      "wall_seconds_this_run": round(summary.wall_seconds, 3),
-                      "processing_seconds": round(summary.processing_seconds, 3),
-                      "times_real_time": round(summary.times_real_time, 1),
-                      "resumed_recordings": summary.skipped_done}}
-    with atomic_write(state.out / "run.json") as tmp:
-        tmp.write_text(json.dumps(run, indent=2) + "\n")
 
 
 def _duration_or_zero(path: Path) -> float:
@@ -325,9 +265,15 @@ def find_recording(events: pd.DataFrame, scan_dir: str | Path, recording: str | 
 
 def scan(paths: list[str | Path], out: str | Path, config: ScanConfig | None = None,
          model: LoadedModel | str | Path | None = None, device: str = "auto", workers: int = 1,
-         save_window_scores: bool = False, overwrite: bool = False, progress: bool = True) -> ScanSummary:
+         save_window_scores: bool = False, overwrite: bool = False, progress: bool = True,
+         executor: str | None = None, cluster: Any = None, piece_seconds: float | None = None,
+         torch_threads: int | None = None) -> ScanSummary:
     """Scan every recording under ``paths`` into ``out``; resumes an interrupted scan of the same
-    parameters. ``model`` is a LoadedModel, a checkpoint path, or None for the bundled demo model."""
+    parameters, whatever executor ran it. ``model`` is a LoadedModel, a checkpoint path, or None
+    for the bundled demo model. ``executor``, ``cluster``, ``piece_seconds`` and ``torch_threads``
+    say how the work is spread (see ScanRun); they never change the outputs."""
     config = config or ScanConfig()
     loaded = prepare_model(model, config, device)
-    return ScanRun(paths, out, config, loaded, workers, save_window_scores).run(overwrite, progress)
+    config = with_model_thresholds(config, loaded)  # the checkpoint's calibrated thresholds, unless overridden
+    return ScanRun(paths, out, config, loaded, workers, save_window_scores, executor, cluster, piece_seconds,
+                   torch_threads).run(overwrite, progress)

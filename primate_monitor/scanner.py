@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -50,6 +50,9 @@ class ScanConfig:
     channel: int | None = None  # 0-based channel to scan; None mixes down to mono
     batch_size: int = 32  # windows per network call in exact mode
     block_seconds: float = BLOCK_SECONDS  # source audio decoded per read, s
+    # use the checkpoint's calibrated per-species thresholds for species that ``events`` gives no
+    # threshold of their own; False when the user chose one threshold for all (a bare --threshold)
+    model_thresholds: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.hop_seconds, bool) or not isinstance(self.hop_seconds, (int, float)) \
@@ -228,6 +231,26 @@ def prepare_model(model: LoadedModel | str | Path | None, config: ScanConfig, de
     return model
 
 
+def with_model_thresholds(config: ScanConfig, model: LoadedModel) -> ScanConfig:
+    """``config`` with the checkpoint's calibrated thresholds filled in for every species the
+    event options leave at the default (``config.model_thresholds`` and a checkpoint that carries
+    thresholds; else ``config`` unchanged).
+
+    Why: thresholds calibrated for a model (``primate-monitor calibrate`` then ``set-thresholds``)
+    belong with it, so a plain ``scan --model M`` applies them; a per-species threshold the user
+    gives (--threshold SPECIES=T, --thresholds-file) wins, and a bare --threshold T turns them off.
+    The effective thresholds end up in the run's parameters (run.json), so the output says which
+    thresholds made it."""
+    found = dict(model.info.thresholds)
+    if not config.model_thresholds or not found:
+        return config
+    events = config.events
+    merged = found | dict(events.class_thresholds)
+    logger.info("using the model's calibrated thresholds for %s",
+                ", ".join(f"{k}={v:g}" for k, v in sorted(found.items()) if k not in events.class_thresholds) or "no species")
+    return replace(config, events=replace(events, class_thresholds=merged))
+
+
 def scan_recording(path: str | Path, model: LoadedModel | str | Path | None = None,
                    config: ScanConfig | None = None, recording: str | None = None) -> pd.DataFrame:
     """Detection events in one recording, as a DataFrame (columns: ``writers.EVENT_COLUMNS``).
@@ -238,5 +261,6 @@ def scan_recording(path: str | Path, model: LoadedModel | str | Path | None = No
     """
     config = config or ScanConfig()
     model = prepare_model(model, config)
+    config = with_model_thresholds(config, model)
     scores = score_recording(path, model, config)
     return events_table(scores, model, config.events, recording or Path(path).name)

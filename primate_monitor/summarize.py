@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError
 from .fsutil import atomic_write, ensure_output_dir
 from .writers import METADATA_KEY, read_parquet
 
@@ -101,25 +100,6 @@ def parse_occasion(text: str) -> pd.Timedelta:
     if (length < DAY and DAY % length != pd.Timedelta(0)) or (length > DAY and length % DAY != pd.Timedelta(0)):
         raise ValueError(f"occasion length {text!r} must divide a day (1h, 6h, 12h, ...) or be whole days (1d, 7d, ...)")
     return length
-
-
-def load_thresholds(path: str | Path) -> dict[str, float]:
-    """A YAML (or JSON) mapping ``species: threshold``, each a number in [0, 1]."""
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read thresholds file: {e}") from e
-    if not isinstance(data, dict) or not data:
-        raise ConfigError(f"{path}: a thresholds file maps species to thresholds, e.g. 'gibbon: 0.7'")
-    out = {}
-    for name, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-            raise ConfigError(f"{path}: threshold for {name!r} must be a number in [0, 1], got {value!r}")
-        out[str(name)] = float(value)
-    return out
 
 
 def site_of(recording: str, path: str, options: SummaryOptions) -> str:

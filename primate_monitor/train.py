@@ -23,7 +23,7 @@ from .augment import mixup, specaugment
 from .checkpoint import CheckpointError, ModelInfo, save_checkpoint
 from .clipaudio import decode_clips, pad_train
 from .config import TrainConfig
-from .data import Clip, DataError, check_classes, load_splits, summarize
+from .data import Clip, DataError, add_reviewed, check_classes, load_splits, summarize
 from .fsutil import atomic_write, ensure_output_dir, write_csv
 from .devices import autocast, resolve_device
 from .ema import EMA
@@ -100,7 +100,7 @@ class Trainer:
     """Holds the state of one run; ``run()`` is the loop."""
 
     def __init__(self, data_root: str | Path, out_dir: str | Path, config: TrainConfig, resume: bool = False,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, reviewed: list[str | Path] | tuple = ()) -> None:
         self.config, self.out = config, ensure_output_dir(out_dir)
         replaced = check_run_folder(self.out, resume, overwrite)
         if resume and not (self.out / RESUME_NAME).is_file():
@@ -108,6 +108,9 @@ class Trainer:
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         splits = load_splits(data_root, config)
+        self.reviewed = sorted(str(Path(p).resolve()) for p in reviewed)  # review tables added to train
+        if reviewed:
+            splits = add_reviewed(splits, list(reviewed), config)
         if not splits.get(config.train_split):
             raise DataError(f"{data_root}: split {config.train_split!r} is missing or empty")
         if not splits.get(config.devel_split):
@@ -248,7 +251,7 @@ class Trainer:
         tensors["rng.generator"] = self.generator.get_state()
         meta = {"step": self.step, "config": self.config.to_dict(), "classes": self.classes,
                 "sampler": self.sampler.state_dict(), "rng_numpy": self.rng.bit_generator.state,
-                "best_uar": self.best_uar, "best_metrics": self.best_metrics}
+                "best_uar": self.best_uar, "best_metrics": self.best_metrics, "reviewed": self.reviewed}
         save_train_state(self.out / RESUME_NAME, tensors, self.optimizer, meta)
 
     def _load_resume(self) -> None:
@@ -256,6 +259,9 @@ class Trainer:
         tensors, meta = load_train_state(path)
         saved = {k: v for k, v in meta["config"].items() if k != "iterations"}
         now = {k: v for k, v in self.config.to_dict().items() if k != "iterations"}
+        if meta.get("reviewed", []) != self.reviewed:
+            raise CheckpointError(f"{path}: the run was started with other --add-reviewed tables "
+                                  f"({meta.get('reviewed', [])}); resume it with the same ones")
         if saved != now or meta["classes"] != self.classes:
             diff = sorted(k for k in now if saved.get(k) != now[k])
             raise CheckpointError(f"{path}: the run was started with a different config or classes (differs: {diff or 'classes'})")
@@ -330,10 +336,11 @@ def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(data_root: str | Path, out_dir: str | Path, config: TrainConfig, resume: bool = False, progress: bool = True,
-          overwrite: bool = False) -> dict[str, Any]:
+          overwrite: bool = False, reviewed: list[str | Path] | tuple = ()) -> dict[str, Any]:
     """Train on a labelled data set; writes ``best.safetensors`` (+ .json), ``resume.safetensors``
     and ``train_log.csv`` in ``out_dir``. Returns the best checkpoint's metrics.
 
     ``out_dir`` must not hold another run unless ``resume`` (continue it) or ``overwrite``
-    (replace its files) says what to do with it; RunExistsError otherwise."""
-    return Trainer(data_root, out_dir, config, resume, overwrite).run(progress)
+    (replace its files) says what to do with it; RunExistsError otherwise. ``reviewed``: filled-in
+    review tables (files or folders) whose verdicts become extra training clips (``data.add_reviewed``)."""
+    return Trainer(data_root, out_dir, config, resume, overwrite, reviewed).run(progress)

@@ -18,28 +18,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .events import EVENT_COLUMNS, EVENT_SCHEMA  # noqa: F401 - re-exported: their home is events.py
 from .fsutil import atomic_write, safe_relative
 from .raven import RAVEN_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-EVENT_SCHEMA = pa.schema([
-    ("recording", pa.string()),  # path relative to the scanned root
-    ("recording_path", pa.string()),  # absolute path
-    ("recording_start", pa.timestamp("us", tz="UTC")),  # null when unknown
-    ("begin_s", pa.float64()),  # seconds from the start of the recording
-    ("end_s", pa.float64()),
-    ("begin_time", pa.timestamp("us", tz="UTC")),  # recording_start + begin_s, or null
-    ("end_time", pa.timestamp("us", tz="UTC")),
-    ("species", pa.string()),
-    ("peak_score", pa.float64()),
-    ("mean_score", pa.float64()),
-    ("n_windows", pa.int64()),
-    ("low_freq_hz", pa.float64()),  # band the model looked at, for the Raven box
-    ("high_freq_hz", pa.float64()),
-    ("model", pa.string()),
-])
-EVENT_COLUMNS = tuple(EVENT_SCHEMA.names)
 TIME_COLUMNS = ("recording_start", "begin_time", "end_time")
 METADATA_KEY = "primate_monitor"  # Parquet key-value metadata key holding the JSON run parameters
 RAVEN_HEADER = (*RAVEN_COLUMNS, "Species", "Score", "Begin Path", "File Offset (s)")

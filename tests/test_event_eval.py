@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -77,3 +78,53 @@ def test_scan_plots_and_evaluate_events_cli(tiny_checkpoint, tmp_path: Path):
                                   str(rec / "20240312_053000.truth.selections.txt"), "-o", str(tmp_path / "p.png")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+# ---- the field cases: quiet recordings, background-only truth, false detections per hour ----------
+HEADER = "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tSpecies\n"
+
+
+def recordings_index(durations: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame({"recording": list(durations), "duration_s": list(durations.values())})
+
+
+def test_quiet_recording_with_truth_counts_its_missed_calls(tmp_path: Path):
+    (tmp_path / "quiet.truth.selections.txt").write_text(HEADER + "1\tSpectrogram 1\t1\t3.0\t8.0\tgibbon\n")
+    (tmp_path / "busy.truth.selections.txt").write_text(HEADER + "1\tSpectrogram 1\t1\t3.0\t8.0\tgibbon\n")
+    dets = frame([(3.0, 8.0, "gibbon")])
+    dets["recording"] = "busy.wav"  # nothing was detected in quiet.wav
+    tables = sorted(tmp_path.glob("*.txt"))
+    with pytest.raises(ValueError, match="quiet.truth"):  # without the scan's list it cannot be matched
+        evaluate_events(dets, tables)
+    result = evaluate_events(dets, tables, recordings=recordings_index({"busy.wav": 1800.0, "quiet.wav": 1800.0}))
+    gibbon = result["per_class"]["gibbon"]
+    assert (gibbon["truth"], gibbon["true_positives"], gibbon["recall"], gibbon["precision"]) == (2, 1, 0.5, 1.0)
+    assert result["recordings"] == ["busy.wav", "quiet.wav"] and result["audio_hours"] == 1.0
+    assert gibbon["false_per_hour"] == 0.0
+
+
+def test_background_only_truth_makes_every_detection_false(tmp_path: Path):
+    (tmp_path / "forest.truth.selections.txt").write_text(HEADER)  # header only: no calls at all
+    dets = frame([(1.0, 4.0, "gibbon"), (10.0, 13.0, "gibbon"), (20.0, 23.0, "titi_monkey")])
+    dets["recording"] = "forest.wav"
+    result = evaluate_events(dets, [tmp_path / "forest.truth.selections.txt"],
+                             recordings=recordings_index({"forest.wav": 900.0, "other.wav": 900.0}))
+    assert result["audio_hours"] == 0.25  # only recordings with truth count towards the hours
+    gibbon, titi = result["per_class"]["gibbon"], result["per_class"]["titi_monkey"]
+    assert gibbon["precision"] == 0.0 and np.isnan(gibbon["recall"]) and gibbon["truth"] == 0
+    assert gibbon["false_per_hour"] == 8.0 and titi["false_per_hour"] == 4.0
+
+
+def test_two_tables_for_one_recording_or_an_ambiguous_stem_are_errors(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "rec.truth.selections.txt").write_text(HEADER)
+    dets = frame([(1.0, 4.0, "gibbon")])
+    dets["recording"] = "rec.wav"
+    with pytest.raises(ValueError, match="two truth tables for recording rec.wav"):
+        evaluate_events(dets, sorted(tmp_path.rglob("*.txt")))
+    dets = frame([(1.0, 4.0, "gibbon"), (1.0, 4.0, "gibbon")])
+    dets["recording"] = ["x/rec.wav", "y/rec.flac"]
+    with pytest.raises(ValueError, match="ambiguous"):
+        evaluate_events(dets, [tmp_path / "a" / "rec.truth.selections.txt"])

@@ -1,0 +1,162 @@
+"""Thresholds from verdicts: the fit, the precision rule, too few verdicts, the thresholds file,
+and thresholds carried by a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from primate_monitor.calibrate import (CalibrationOptions, calibrate_species, calibrate_to_files, fit_curve,
+                                       precision_above, set_thresholds)
+from primate_monitor.checkpoint import CheckpointError, ModelInfo, load_checkpoint, read_metadata
+from primate_monitor.cli import main
+from primate_monitor.events import EventOptions, load_thresholds_file
+
+
+def verdicts(scores, correct, weight=1.0, species="gibbon") -> pd.DataFrame:
+    return pd.DataFrame({"species": species, "score": np.asarray(scores, float), "correct": np.asarray(correct, bool),
+                         "weight": weight})
+
+
+def synthetic(n: int, a: float, b: float, seed: int = 0) -> pd.DataFrame:
+    """Scores uniform on (0.05, 1); correct with P = sigmoid(a + b logit(score))."""
+    rng = np.random.default_rng(seed)
+    s = rng.uniform(0.05, 0.999, n)
+    p = 1 / (1 + np.exp(-(a + b * np.log(s / (1 - s)))))
+    return verdicts(s, rng.random(n) < p)
+
+
+def test_fit_recovers_the_curve_and_the_threshold():
+    a, b = -2.0, 1.5
+    data = synthetic(4000, a, b)
+    intercept, slope = fit_curve(data["score"].to_numpy(), data["correct"].to_numpy())
+    assert intercept == pytest.approx(a, abs=0.25) and slope == pytest.approx(b, abs=0.2)
+    # the true threshold: the lowest t with E[p(s) | s >= t] >= 0.9 for s uniform on (0.05, 0.999),
+    # by numerical integration of the true curve (independent of the code under test)
+    grid = np.linspace(0.05, 0.999, 20001)
+    p = 1 / (1 + np.exp(-(a + b * np.log(grid / (1 - grid)))))
+    tail_mean = np.cumsum(p[::-1])[::-1] / np.arange(len(grid), 0, -1)
+    true_t = grid[np.argmax(tail_mean >= 0.9)]
+    record = calibrate_species("gibbon", data, CalibrationOptions(bootstrap=0))
+    assert record["threshold"] == pytest.approx(true_t, abs=0.03)
+    assert record["precision_fitted"] >= 0.9 and record["precision_empirical"] == pytest.approx(0.9, abs=0.04)
+
+
+def test_precision_above_weights_by_hand():
+    # scores 0.2 (weight 3, wrong), 0.5 (weight 1, right), 0.9 (weight 2, right)
+    t, prec = precision_above(np.array([0.5, 0.9, 0.2]), np.array([1.0, 1.0, 0.0]), np.array([1.0, 2.0, 3.0]))
+    assert list(t) == [0.2, 0.5, 0.9]
+    assert prec == pytest.approx([3 / 6, 1.0, 1.0])
+
+
+def test_too_few_verdicts_say_how_many_more():
+    record = calibrate_species("titi_monkey", verdicts([0.6, 0.7, 0.8, 0.9, 0.95, 0.99], [0, 1, 1, 1, 1, 1]),
+                               CalibrationOptions())
+    assert record["threshold"] is None
+    assert "6 verdict(s) (5 correct, 1 wrong)" in record["reason"]
+    assert "4 more verdict(s)" in record["reason"] and "2 more wrong" in record["reason"]
+
+
+def test_scores_unrelated_to_correctness_give_no_threshold():
+    s = np.linspace(0.5, 0.99, 30)
+    record = calibrate_species("gibbon", verdicts(s, s < 0.75), CalibrationOptions(bootstrap=0))  # high scores wrong
+    assert record["threshold"] is None and "not reachable" in record["reason"]
+
+
+def test_bootstrap_interval_holds_the_threshold_and_is_seeded():
+    data = synthetic(200, -1.0, 2.0, seed=3)
+    one = calibrate_species("gibbon", data, CalibrationOptions(bootstrap=100, seed=1))
+    two = calibrate_species("gibbon", data, CalibrationOptions(bootstrap=100, seed=1))
+    assert one == two
+    lo, hi = one["interval"]
+    assert lo <= one["threshold"] <= hi and hi - lo < 0.5
+
+
+def test_thresholds_file_and_plots(tmp_path):
+    data = pd.concat([synthetic(300, -1.0, 2.0).assign(species="gibbon"),
+                      verdicts([0.6, 0.9], [1, 0], species="chimpanzee")], ignore_index=True)
+    out = tmp_path / "cal" / "thresholds.yaml"
+    fitted = calibrate_to_files(data, out, CalibrationOptions(bootstrap=20))
+    doc = yaml.safe_load(out.read_text())
+    assert list(doc["thresholds"]) == ["gibbon"] and doc["thresholds"]["gibbon"] == fitted["gibbon"]["threshold"]
+    assert doc["fitted"]["chimpanzee"]["threshold"] is None and doc["fitted"]["gibbon"]["n"] == 300
+    assert (tmp_path / "cal" / "calibration" / "gibbon.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "cal" / "calibration" / "chimpanzee.png").is_file()
+    assert load_thresholds_file(out) == doc["thresholds"]
+
+
+def test_load_thresholds_file_formats_and_errors(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("gibbon: 0.7\nchimpanzee: 1\n")
+    assert load_thresholds_file(flat) == {"gibbon": 0.7, "chimpanzee": 1.0}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("thresholds:\n  gibbon: 1.5\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*gibbon.*\[0, 1\]"):
+        load_thresholds_file(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("thresholds: {}\nfitted: {}\n")
+    assert load_thresholds_file(empty) == {}
+
+
+def test_cli_threshold_precedence(tmp_path):
+    from primate_monitor.cli import _event_options
+
+    path = tmp_path / "t.yaml"
+    path.write_text("thresholds:\n  gibbon: 0.8\n  chimpanzee: 0.6\n")
+    opts = _event_options(("0.3", "chimpanzee=0.9"), None, 1, 0.0, path)
+    assert opts.threshold_for("gibbon") == 0.8  # from the file
+    assert opts.threshold_for("chimpanzee") == 0.9  # the command line's species wins
+    assert opts.threshold_for("titi_monkey") == 0.3  # the bare threshold for the rest
+
+
+# ---- thresholds in a checkpoint --------------------------------------------------------------
+def test_set_thresholds_round_trip_and_old_checkpoints(tiny_checkpoint, tmp_path):
+    assert "thresholds" not in read_metadata(tiny_checkpoint)  # an older checkpoint: no field
+    assert load_checkpoint(tiny_checkpoint).info.thresholds == {}
+    new = tmp_path / "calibrated.safetensors"
+    set_thresholds(tiny_checkpoint, {"gibbon": 0.8}, new)
+    assert read_metadata(new)["thresholds"] == {"gibbon": 0.8}
+    assert json.loads(new.with_suffix(".json").read_text())["thresholds"] == {"gibbon": 0.8}
+    model = load_checkpoint(new)
+    assert model.info.thresholds == {"gibbon": 0.8}
+    import torch
+
+    x = torch.randn(1, 1, 301, 64)
+    original = load_checkpoint(tiny_checkpoint)
+    assert torch.equal(model.network(x)[0], original.network(x)[0])  # the same weights
+    with pytest.raises(ValueError, match="not species"):
+        set_thresholds(tiny_checkpoint, {"gorilla": 0.8}, tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="copy"):
+        set_thresholds(new, {"gibbon": 0.8}, new)
+    meta = read_metadata(new) | {"thresholds": {"background": 0.3}}
+    with pytest.raises(CheckpointError, match="background"):
+        ModelInfo.from_dict(meta, "m.safetensors")
+
+
+def test_scan_uses_model_thresholds_unless_overridden(tiny_checkpoint, tmp_path):
+    from primate_monitor.scanner import ScanConfig, with_model_thresholds
+
+    new = tmp_path / "calibrated.safetensors"
+    set_thresholds(tiny_checkpoint, {"gibbon": 0.8, "chimpanzee": 0.7}, new)
+    model = load_checkpoint(new)
+    config = with_model_thresholds(ScanConfig(events=EventOptions(class_thresholds={"chimpanzee": 0.2})), model)
+    assert dict(config.events.class_thresholds) == {"gibbon": 0.8, "chimpanzee": 0.2}
+    bare = ScanConfig(events=EventOptions(threshold=0.4), model_thresholds=False)
+    assert with_model_thresholds(bare, model) == bare
+    plain = ScanConfig()
+    assert with_model_thresholds(plain, load_checkpoint(tiny_checkpoint)) == plain
+
+
+def test_calibrate_cli_errors(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["calibrate", "-o", str(tmp_path / "t.yaml")])
+    assert result.exit_code == 2 and "review tables" in result.output
+    table = tmp_path / "plain.selections.txt"
+    table.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tSpecies\n1\t1\t2\tgibbon\n")
+    result = runner.invoke(main, ["calibrate", str(table), "-o", str(tmp_path / "t.yaml")])
+    assert result.exit_code == 2 and "Verdict" in result.output and "plain.selections.txt" in result.output

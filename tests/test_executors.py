@@ -1,0 +1,251 @@
+"""The executor seam under ``scan``: serial, local processes and a real Dask LocalCluster (2 worker
+processes on loopback) give the same outputs; faults (a killed worker, a broken file, an
+interrupted client) lose and duplicate nothing; a long recording split into pieces scores as
+the unsplit one."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from primate_monitor.audio import AudioReadError
+from primate_monitor.checkpoint import load_checkpoint
+from primate_monitor.scan_execute import merge_pieces, plan_pieces, scan_one, score_piece
+from primate_monitor.scan_plan import Recording
+from primate_monitor.scan_run import ScanRun, scan
+from primate_monitor.scan_state import ScanState
+from primate_monitor.scanner import ScanConfig
+from primate_monitor.writers import read_parquet
+
+distributed = pytest.importorskip("distributed")
+
+CONFIG = ScanConfig(hop_seconds=1.0, mode="fast")
+N_GOOD = 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread here, as each worker has: a fair, quiet 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tone_noise(seconds: float, sr: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.05 * rng.standard_normal(t.size) + 0.3 * np.sin(2 * np.pi * (400 + 50 * seed) * t) * (np.sin(t) > 0.3)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Six 30 s files (8 kHz, one at 16 kHz and one at 44.1 kHz: resampled), a text file named
+    .wav and an empty .wav: the broken ones must end in failures.csv whatever runs them."""
+    folder = tmp_path_factory.mktemp("corpus") / "in"
+    folder.mkdir()
+    for i in range(N_GOOD):
+        sr = {3: 16000, 5: 44100}.get(i, 8000)
+        sf.write(folder / f"site{i % 2}_{i:02d}.wav", tone_noise(30.0, sr, i), sr, subtype="PCM_16")
+    (folder / "broken.wav").write_bytes(b"this is not audio" * 100)
+    (folder / "empty.wav").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client():
+    """One LocalCluster for the module: 2 worker processes, 1 thread each, loopback, no dashboard."""
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None, env={"OMP_NUM_THREADS": "1"})
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def outputs(out: Path) -> tuple:
+    """Everything a user compares: Parquet rows, Raven tables (bytes), recordings.csv, failures.csv."""
+    events = read_parquet(out / "detections.parquet")
+    events.attrs = {}
+    tables = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "raven").rglob("*.txt"))}
+    return events, tables, (out / "recordings.csv").read_bytes(), (out / "failures.csv").read_bytes()
+
+
+def assert_same(out: Path, reference: Path) -> None:
+    ours, theirs = outputs(out), outputs(reference)
+    pd.testing.assert_frame_equal(ours[0], theirs[0], check_exact=True)
+    assert ours[1] == theirs[1]
+    assert ours[2:] == theirs[2:]
+
+
+@pytest.fixture(scope="module")
+def serial_out(corpus, tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("serial") / "out"
+    summary = scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False)
+    assert summary.files == N_GOOD + 2 and summary.scanned == N_GOOD and summary.failed == 2
+    assert summary.events > 0  # the comparison must be about something
+    return out
+
+
+def test_audio_read_error_pickles():
+    """A broken file's error crosses process borders intact (kind, path and message)."""
+    import primate_monitor.scan_execute  # noqa: F401 - registers the reducer
+
+    error = pickle.loads(pickle.dumps(AudioReadError("/data/x.wav", "corrupt", "decode error at frame 9")))
+    assert (type(error), error.kind, error.path, str(error)) == (AudioReadError, "corrupt", "/data/x.wav",
+                                                                 "/data/x.wav: decode error at frame 9")
+
+
+def test_scan_config_pickles():
+    from primate_monitor.events import EventOptions
+
+    config = ScanConfig(events=EventOptions(threshold=0.4, class_thresholds={"gibbon": 0.7}, classes=("gibbon",)))
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_dask_equals_serial(corpus, tiny_checkpoint, client, serial_out, tmp_path):
+    out = tmp_path / "dask"
+    summary = scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False,
+                   cluster=client)
+    assert (summary.scanned, summary.failed) == (N_GOOD, 2)
+    assert_same(out, serial_out)
+    failures = pd.read_csv(out / "failures.csv")
+    assert set(failures["recording"]) == {"broken.wav", "empty.wav"}
+    windows, reference = pd.read_parquet(out / "windows.parquet"), pd.read_parquet(serial_out / "windows.parquet")
+    pd.testing.assert_frame_equal(windows, reference, check_exact=True)
+
+
+def test_processes_equal_serial(corpus, tiny_checkpoint, serial_out, tmp_path):
+    out = tmp_path / "processes"
+    scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", workers=2, save_window_scores=True, progress=False,
+         executor="processes")
+    assert_same(out, serial_out)
+
+
+def test_executor_is_not_a_run_parameter(corpus, tiny_checkpoint, client, serial_out, tmp_path, monkeypatch):
+    """A serial scan interrupted after 3 commits resumes on the Dask cluster (same parameters),
+    scans only the rest, and ends equal to the uninterrupted scan."""
+    out = tmp_path / "resumed"
+    real_commit, committed = ScanRun.commit, []
+
+    def interrupted(self, result):
+        if len(committed) == 3:
+            raise KeyboardInterrupt
+        committed.append(result.rec.rel)
+        real_commit(self, result)
+
+    monkeypatch.setattr(ScanRun, "commit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False)
+    monkeypatch.undo()
+    state = ScanState(out)
+    assert len(state.keys()) == 3
+    done = sum(state.record(k)["status"] != "failed" for k in state.keys())  # failed files are tried again
+    summary = scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False,
+                   cluster=client)
+    assert summary.skipped_done == done
+    assert_same(out, serial_out)
+
+
+def test_split_recording_equals_unsplit(tiny_model, tmp_path):
+    """A recording cut into pieces scores as the whole one: window scores within 1e-5, the same
+    events; exactly equal when no resampling is involved (fast and exact mode)."""
+    for sr, mode in ((8000, "fast"), (8000, "exact"), (16000, "fast")):
+        path = tmp_path / f"long_{sr}_{mode}.wav"
+        sf.write(path, tone_noise(50.0, sr, 7), sr, subtype="PCM_16")
+        rec, config = Recording(path.name, path), ScanConfig(hop_seconds=0.5, mode=mode)
+        pieces = plan_pieces(rec, tiny_model, config, piece_seconds=32.0)
+        assert pieces is not None and len(pieces) == 2
+        start = pieces[1].first * 4000  # the second piece's first window, in samples (hop 0.5 s at 8 kHz)
+        if mode == "fast":  # the trunk's context before its range, but not from the start of the file
+            assert 0 < pieces[1].read_from < start
+        else:  # exact windows need nothing before them
+            assert pieces[1].read_from == start
+        whole = scan_one(rec, tiny_model, config, save_windows=True)
+        split = merge_pieces([score_piece(rec, p, tiny_model, config) for p in reversed(pieces)], tiny_model,
+                             config, save_windows=True)
+        a, b = whole.windows, split.windows
+        np.testing.assert_array_equal(a["begin_s"], b["begin_s"])
+        np.testing.assert_allclose(a.filter(like="score_").to_numpy(), b.filter(like="score_").to_numpy(), atol=1e-5)
+        assert whole.events is not None and len(whole.events) > 0
+        if sr == 8000:
+            pd.testing.assert_frame_equal(split.events, whole.events, check_exact=True)
+        else:  # resampled from a different start: the same events, scores equal to float rounding
+            key = ["species", "begin_s", "end_s", "n_windows"]
+            pd.testing.assert_frame_equal(split.events[key], whole.events[key], check_exact=True)
+            np.testing.assert_allclose(split.events["peak_score"], whole.events["peak_score"], atol=1e-6)
+        assert {k: v for k, v in split.record.items() if k != "scan_seconds"} == \
+            {k: v for k, v in whole.record.items() if k != "scan_seconds"}
+
+
+def test_split_on_the_cluster_equals_unsplit(tiny_checkpoint, client, tmp_path):
+    """--piece-hours on Dask: the pieces of one recording run on both workers, are merged by the
+    client, and the outputs equal the unsplit serial scan byte for byte (no resampling here)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "day.wav", tone_noise(100.0, 8000, 3), 8000, subtype="PCM_16")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    scan([folder], whole, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False)
+    run = ScanRun([folder], split, CONFIG, load_checkpoint(tiny_checkpoint, "cpu"), save_window_scores=True,
+                  cluster=client, piece_seconds=32.0)
+    assert len(run.tasks(run.recordings)) == 4  # 32-window pieces, at hop 1 s, of 100 windows
+    run.run(progress=False)
+    assert_same(split, whole)
+
+
+def test_worker_killed_mid_run(corpus, tiny_checkpoint, client, serial_out, tmp_path):
+    """SIGKILL one worker process once the first recording is committed: Dask reruns its task on
+    the other worker (the nanny restarts the dead one) and the outputs equal the serial scan."""
+    out = tmp_path / "killed"
+    pids = list(client.run(os.getpid).values())
+    assert len(pids) == 2
+    state, killed = ScanState(out), {}
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if state.dir.is_dir() and state.keys():
+                killed["done_before"] = len(state.keys())
+                os.kill(pids[0], signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    summary = scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False,
+                   cluster=client)
+    thread.join()
+    assert 0 < killed["done_before"] < N_GOOD + 2, "the kill must land while recordings are still running"
+    assert summary.scanned == N_GOOD
+    assert_same(out, serial_out)
+    client.wait_for_workers(2, timeout=60)  # the nanny brought it back
+    assert pids[0] not in client.run(os.getpid).values()
+
+
+def test_cli_rejects_a_bad_cluster(corpus, tiny_checkpoint, tmp_path):
+    """A cluster address that is none of the known forms is a usage error naming them, before
+    anything is written."""
+    from click.testing import CliRunner
+
+    from primate_monitor.cli import EXIT_USAGE, main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["scan", str(corpus), "-o", str(out), "--model", str(tiny_checkpoint),
+                                       "--cluster", "localhost:4"])
+    assert result.exit_code == EXIT_USAGE
+    assert "local:N" in result.output and "tcp://" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(main, ["scan", str(corpus), "-o", str(out), "--model", str(tiny_checkpoint),
+                                       "--cluster", "local:2", "--executor", "processes"])
+    assert result.exit_code == EXIT_USAGE and "dask" in result.output
