@@ -99,6 +99,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def recipe(self) -> dict[str, Any]:
+        """The keys that decide what is learned: what a resumed run must match. The run options
+        (RUN_OPTIONS: where it runs, how it logs and caches, how long it goes on) may change on
+        resume, e.g. a run started on a GPU continued on a CPU."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_OPTIONS}
+
+
+# Keys that say how a run is carried out, not what it learns (see TrainConfig.recipe).
+RUN_OPTIONS = frozenset({"device", "workers", "cache_dir", "log_every", "iterations"})
+
 
 # One line per key for `primate-monitor config-keys`; kept beside the dataclass so a new
 # key gets its meaning in the same edit (a test checks that every key has one).

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .augment import mixup, specaugment
 from .checkpoint import CheckpointError, ModelInfo, save_checkpoint
 from .clipaudio import decode_clips, pad_train
-from .config import TrainConfig
+from .config import RUN_OPTIONS, TrainConfig
 from .data import Clip, DataError, add_reviewed, check_classes, load_splits, summarize
 from .fsutil import atomic_write, ensure_output_dir, write_csv
 from .devices import autocast, resolve_device
@@ -257,8 +257,8 @@ class Trainer:
     def _load_resume(self) -> None:
         path = self.out / RESUME_NAME
         tensors, meta = load_train_state(path)
-        saved = {k: v for k, v in meta["config"].items() if k != "iterations"}
-        now = {k: v for k, v in self.config.to_dict().items() if k != "iterations"}
+        saved = {k: v for k, v in meta["config"].items() if k not in RUN_OPTIONS}
+        now = self.config.recipe()
         if meta.get("reviewed", []) != self.reviewed:
             raise CheckpointError(f"{path}: the run was started with other --add-reviewed tables "
                                   f"({meta.get('reviewed', [])}); resume it with the same ones")
