@@ -173,12 +173,18 @@ def _tile(audio: np.ndarray, n_samples: int, phase: int) -> np.ndarray:
 
 
 def eval_windows(audio: np.ndarray, n_samples: int, hop_samples: int, padding: str = PAPER_PADDING) -> np.ndarray:
-    """(n_windows, n_samples) windows over a clip for evaluation: one window padded by
-    ``pad_eval`` for a short clip; for a long one every ``hop`` plus a final window flush
-    with the end, so that the clip score can be the maximum over windows covering all of it."""
+    """(n_windows, n_samples) windows over a clip for evaluation, cut by the scan's own schedule
+    (``windows.window_starts``: every ``hop``, and a last, zero-padded window over the tail), so
+    that evaluate and scan score a stretch of audio the same way. A clip no longer than one
+    window is presented by ``pad_eval`` (the model's padding rule), as the scan presents a
+    recording that short."""
+    from .windows import window_starts
+
     if len(audio) <= n_samples:
         return pad_eval(audio, n_samples, padding)[None, :]
-    starts = list(range(0, len(audio) - n_samples + 1, hop_samples))
-    if starts[-1] != len(audio) - n_samples:
-        starts.append(len(audio) - n_samples)
-    return np.stack([audio[s : s + n_samples] for s in starts])
+    starts = window_starts(len(audio), n_samples, hop_samples)
+    out = np.zeros((len(starts), n_samples), dtype=audio.dtype)
+    for row, s in zip(out, starts):
+        piece = audio[s : s + n_samples]
+        row[: len(piece)] = piece
+    return out

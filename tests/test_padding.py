@@ -56,7 +56,8 @@ def test_eval_windows_pads_a_short_clip_by_pad_eval_and_hops_over_a_long_one(pad
     assert windows.shape == (1, 6)
     assert windows[0].tolist() == pad_eval(A, 6, padding).tolist()
     long = np.arange(7, dtype=np.float32)
-    assert eval_windows(long, 4, 2, padding).tolist() == [[0, 1, 2, 3], [2, 3, 4, 5], [3, 4, 5, 6]]
+    # the scan's schedule: starts 0, 2, then a last window over the tail, zero-padded (as scan)
+    assert eval_windows(long, 4, 2, padding).tolist() == [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 0]]
 
 
 def test_unknown_padding_is_an_error():
@@ -129,3 +130,22 @@ def test_a_checkpoint_without_padding_is_evaluated_with_the_papers_zeros(tiny_mo
 
     assert "padding" not in tiny_model.info.config
     assert model_padding(tiny_model) == "zeros_end"
+
+
+def test_evaluate_and_exact_scan_score_a_clip_the_same_way(tiny_model):
+    """One window schedule for evaluate and scan (issue 10): a clip's evaluate score is the
+    maximum over the windows the exact scan scores, for a clip shorter and longer than one window."""
+    from primate_monitor.frontend import LogMel
+    from primate_monitor.inference import score_stream
+    from primate_monitor.predict import score_clips
+
+    info = tiny_model.info
+    sr = info.sample_rate
+    frontend = LogMel(info.frontend)
+    rng = np.random.default_rng(3)
+    for seconds in (2.0, 7.3):  # one window (padded by the model's rule), and 5 windows with a partial tail
+        audio = (0.1 * rng.standard_normal(int(seconds * sr))).astype(np.float32)
+        scan = score_stream(tiny_model, [audio], sr, 32, "exact")
+        clip = score_clips(tiny_model.network, frontend, [audio], 3 * sr, sr, info.activation)
+        assert len(scan.starts) == (1 if seconds < 3 else 6)
+        np.testing.assert_allclose(clip[0], scan.scores.max(axis=0), atol=1e-5)
