@@ -21,7 +21,7 @@ from .fsutil import ensure_output_dir
 from .scan_plan import Recording, ScanError
 from .scan_run import finalize, scanned_recordings
 from .scan_state import ScanState
-from .scanner import EventContext, build_events
+from .events import EventContext, build_events
 from .writers import ParquetWriter, get_writer, read_parquet
 
 logger = logging.getLogger(__name__)

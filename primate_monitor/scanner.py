@@ -18,11 +18,10 @@ import pandas as pd
 
 from .audio import BLOCK_SECONDS, AudioInfo, AudioReadError, probe, stream_audio
 from .checkpoint import LoadedModel, load_checkpoint
-from .events import EventOptions, detect_events, validate_options
+from .events import EventContext, EventOptions, build_events, validate_options
 from .inference import MODES, make_scorer, score_stream, score_streams
 from .timestamps import recording_start
 from .windows import seconds_to_samples
-from .writers import EVENT_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -171,40 +170,6 @@ def score_recordings(paths: Sequence[str | Path], model: LoadedModel, config: Sc
                 yield stream.path, stream.result(result.starts, result.scores)
             except AudioReadError as e:
                 yield stream.path, e
-
-
-@dataclass(frozen=True)
-class EventContext:
-    """What turning window scores into event rows needs to know about the model."""
-
-    classes: tuple[str, ...]
-    reject_class: str | None  # None when the model has no reject class
-    clip_seconds: float
-    low_freq_hz: float  # the band the model analyses, for the Raven box
-    high_freq_hz: float
-    model_name: str
-
-    @classmethod
-    def from_model(cls, model: LoadedModel) -> "EventContext":
-        info = model.info
-        return cls(info.classes, info.reject_class if info.reject_class in info.classes else None, info.clip_seconds,
-                   float(info.frontend.fmin_hz), float(info.frontend.upper_hz), model.name)
-
-
-def build_events(ctx: EventContext, options: EventOptions, recording: str, path: str, start: datetime | None,
-                 starts_s: np.ndarray, scores: np.ndarray, duration_s: float) -> pd.DataFrame:
-    """Detection events of one recording with every column of the Parquet schema."""
-    events = detect_events(starts_s, ctx.clip_seconds, duration_s, scores, list(ctx.classes), ctx.reject_class, options)
-    stamp = pd.Timestamp(start) if start is not None else pd.NaT
-    events.insert(0, "recording", recording)
-    events.insert(1, "recording_path", path)
-    events.insert(2, "recording_start", pd.Series([stamp] * len(events), dtype="datetime64[us, UTC]"))
-    for col, secs in (("begin_time", "begin_s"), ("end_time", "end_s")):
-        events[col] = events["recording_start"] + pd.to_timedelta(events[secs], unit="s")  # NaT stays NaT
-    events["low_freq_hz"] = ctx.low_freq_hz
-    events["high_freq_hz"] = ctx.high_freq_hz
-    events["model"] = ctx.model_name
-    return events[list(EVENT_COLUMNS)].reset_index(drop=True)
 
 
 def events_table(scores: RecordingScores, model: LoadedModel, options: EventOptions, recording: str,
