@@ -15,7 +15,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .config import ConfigError, load_config
 from .data import DataError
 from .devices import resolve_device
-from .writers import WRITERS
+from .writers import EXPORT_FORMATS
 
 logger = logging.getLogger("primate_monitor")
 
@@ -293,7 +293,7 @@ def detect(scan_dir: Path, thresholds: tuple[str, ...], thresholds_file: Path | 
 
 @main.command()
 @click.argument("detections", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(sorted(WRITERS)), required=True)
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
 @click.option("--min-score", default=0.0, show_default=True, help="Keep events with a peak score at least this.")
 @click.option("--classes", default=None, help="Comma-separated species to keep.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")

@@ -22,7 +22,7 @@ from .scan_plan import Recording, ScanError
 from .scan_run import finalize, scanned_recordings
 from .scan_state import ScanState
 from .events import EventContext, build_events
-from .writers import ParquetWriter, get_writer, read_parquet
+from .writers import EXPORT_FORMATS, get_writer, read_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +108,13 @@ def export(detections: str | Path, fmt: str, dest: str | Path, min_score: float 
             raise ValueError(f"--classes: unknown species {unknown}; {detections} knows {sorted(known)}")
         events = events[events["species"].isin(classes)]
     events = events[events["peak_score"] >= min_score].reset_index(drop=True)
-    writer_cls = get_writer(fmt)
-    writer = writer_cls(meta) if writer_cls is ParquetWriter else writer_cls()
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
+    writer = get_writer(fmt)()
     ensure_output_dir(dest)
     if (detections.parent / "recordings.csv").is_file():
         rec = scanned_recordings(detections.parent)
         recordings = list(zip(rec["recording"], rec["path"]))
     else:
         recordings = list(dict.fromkeys(zip(events["recording"], events["recording_path"])))
-    return writer.write_all(events, recordings, dest)
+    return writer.write_all(events, recordings, dest, meta)

@@ -21,7 +21,7 @@ from . import __version__
 from .fsutil import atomic_write, write_csv
 from .scan_plan import ScanError
 from .scan_state import ScanState, now
-from .writers import EVENT_COLUMNS, read_parquet, write_parquet
+from .writers import EVENT_COLUMNS, get_writer, read_parquet, write_parquet
 
 RECORDING_COLUMNS = ["recording", "path", "status", "duration_s", "recording_start", "sample_rate", "channels",
                      "format", "n_windows", "n_events", "truncated", "note", "error_kind", "error"]
@@ -85,9 +85,7 @@ def _write_windows(state: ScanState, keys: list[str], meta: dict[str, Any]) -> N
     info = {"classes": model["classes"], "reject_class": model["reject_class"], "clip_seconds": model["clip_seconds"],
             "low_freq_hz": model["low_freq_hz"], "high_freq_hz": model["high_freq_hz"], "params": meta["params"]}
     table = pa.concat_tables(tables) if tables else pa.table({"recording": pa.array([], pa.string())})
-    table = table.replace_schema_metadata({b"primate_monitor": json.dumps(info, sort_keys=True).encode()})
-    with atomic_write(state.out / "windows.parquet") as tmp:
-        pq.write_table(table, tmp)
+    get_writer("windows")().write(table, state.out / "windows.parquet", info)
 
 
 def _write_run_json(state: ScanState, summary: ScanSummary, table: pd.DataFrame, unreadable_folders: int) -> None:

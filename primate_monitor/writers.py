@@ -61,20 +61,23 @@ class ResultWriter:
 
     suffix: ClassVar[str]  # appended to the recording's relative path, or the flat file name
     per_recording: ClassVar[bool] = False  # one file per recording (True) or one file for the run
+    exportable: ClassVar[bool] = True  # offered by `export` (events formats)
 
-    def write_events(self, events: pd.DataFrame, path: Path) -> None:
+    def write_events(self, events: pd.DataFrame, path: Path, meta: Mapping[str, Any]) -> None:
         """Write ``events`` to the new file ``path``. The one method subclasses override."""
         raise NotImplementedError
 
-    def write(self, events: pd.DataFrame, path: str | Path) -> Path:
-        """Write ``events`` atomically to ``path`` (parent folders created); returns ``path``."""
+    def write(self, events: pd.DataFrame, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+        """Write ``events`` atomically to ``path`` (parent folders created); returns ``path``.
+        ``meta`` is the run's JSON-serialisable parameters, for formats that store them."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp:
-            self.write_events(events, tmp)
+            self.write_events(events, tmp, dict(meta or {}))
         return path
 
-    def write_all(self, events: pd.DataFrame, recordings: Sequence[tuple[str, str]], out_dir: str | Path) -> list[Path]:
+    def write_all(self, events: pd.DataFrame, recordings: Sequence[tuple[str, str]], out_dir: str | Path,
+                  meta: Mapping[str, Any] | None = None) -> list[Path]:
         """Write the run's outputs under ``out_dir``; returns the paths written.
 
         ``recordings`` are (relative, absolute) paths of every scanned file.
@@ -83,7 +86,7 @@ class ResultWriter:
         """
         out_dir = Path(out_dir)
         if not self.per_recording:
-            return [self.write(events, out_dir / f"events{self.suffix}")]
+            return [self.write(events, out_dir / f"events{self.suffix}", meta)]
         _check_columns(events, ("recording",))
         rels = [rel for rel, _ in recordings]
         duplicates = sorted(rel for rel, n in Counter(rels).items() if n > 1)
@@ -100,7 +103,7 @@ class ResultWriter:
         for rel, name in names.items():
             if name != rel:
                 logger.warning("recording %r is written as %s under %s", rel, name, out_dir)
-        return [self.write(groups.get(rel, events.iloc[:0]), out_dir / f"{names[rel]}{self.suffix}") for rel in rels]
+        return [self.write(groups.get(rel, events.iloc[:0]), out_dir / f"{names[rel]}{self.suffix}", meta) for rel in rels]
 
 
 class RavenWriter(ResultWriter):
@@ -109,7 +112,7 @@ class RavenWriter(ResultWriter):
     suffix = ".selections.txt"
     per_recording = True
 
-    def write_events(self, events: pd.DataFrame, path: Path) -> None:
+    def write_events(self, events: pd.DataFrame, path: Path, meta: Mapping[str, Any]) -> None:
         _check_columns(events, ("recording_path", "begin_s", "end_s", "species", "peak_score",
                                 "low_freq_hz", "high_freq_hz"))
         events = _in_order(events)
@@ -138,7 +141,7 @@ class AudacityWriter(ResultWriter):
     suffix = ".labels.txt"
     per_recording = True
 
-    def write_events(self, events: pd.DataFrame, path: Path) -> None:
+    def write_events(self, events: pd.DataFrame, path: Path, meta: Mapping[str, Any]) -> None:
         _check_columns(events, ("begin_s", "end_s", "species", "peak_score"))
         events = _in_order(events)
         labels = events["species"].astype(str) + " (" + _fmt(events["peak_score"], "{:.2f}") + ")"
@@ -152,7 +155,7 @@ class CsvWriter(ResultWriter):
 
     suffix = ".csv"
 
-    def write_events(self, events: pd.DataFrame, path: Path) -> None:
+    def write_events(self, events: pd.DataFrame, path: Path, meta: Mapping[str, Any]) -> None:
         _check_columns(events)
         events[list(EVENT_COLUMNS)].to_csv(path, index=False, lineterminator="\n")
 
@@ -173,11 +176,21 @@ class ParquetWriter(ResultWriter):
 
     suffix = ".parquet"
 
-    def __init__(self, metadata: Mapping[str, Any] | None = None) -> None:
-        self.metadata = dict(metadata or {})  # JSON-serialisable run parameters
+    def write_events(self, events: pd.DataFrame, path: Path, meta: Mapping[str, Any]) -> None:
+        pq.write_table(_to_arrow(events, meta), path)
 
-    def write_events(self, events: pd.DataFrame, path: Path) -> None:
-        pq.write_table(_to_arrow(events, self.metadata), path)
+
+class WindowsWriter(ResultWriter):
+    """windows.parquet: every window's score for every class (a DataFrame or an Arrow table),
+    with the model and run parameters as JSON metadata, so ``detect`` can re-threshold later.
+    Not an export format: it holds window scores, not events."""
+
+    suffix = ".parquet"
+    exportable = False
+
+    def write_events(self, windows: pd.DataFrame | pa.Table, path: Path, meta: Mapping[str, Any]) -> None:
+        table = windows if isinstance(windows, pa.Table) else pa.Table.from_pandas(windows, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata({METADATA_KEY.encode(): json.dumps(dict(meta), sort_keys=True).encode()}), path)
 
 
 WRITERS: dict[str, type[ResultWriter]] = {
@@ -185,7 +198,9 @@ WRITERS: dict[str, type[ResultWriter]] = {
     "csv": CsvWriter,
     "audacity": AudacityWriter,
     "parquet": ParquetWriter,
+    "windows": WindowsWriter,
 }
+EXPORT_FORMATS = tuple(sorted(name for name, cls in WRITERS.items() if cls.exportable))
 
 
 def get_writer(name: str) -> type[ResultWriter]:
@@ -203,7 +218,7 @@ def write_raven_tables(events: pd.DataFrame, recordings: Sequence[tuple[str, str
 
 def write_parquet(events: pd.DataFrame, path: str | Path, metadata: Mapping[str, Any]) -> Path:
     """Write events with EVENT_SCHEMA and ``metadata`` as JSON under key METADATA_KEY."""
-    return ParquetWriter(metadata).write(events, path)
+    return ParquetWriter().write(events, path, metadata)
 
 
 def read_parquet(path: str | Path) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from primate_monitor.writers import (
     WRITERS,
     AudacityWriter,
     CsvWriter,
+    EXPORT_FORMATS,
     ParquetWriter,
     RavenWriter,
     ResultWriter,
@@ -55,7 +56,8 @@ def _empty() -> pd.DataFrame:
 
 
 def test_registry() -> None:
-    assert set(WRITERS) == {"raven", "csv", "audacity", "parquet"}
+    assert set(WRITERS) == {"raven", "csv", "audacity", "parquet", "windows"}
+    assert EXPORT_FORMATS == ("audacity", "csv", "parquet", "raven")  # window scores are not an events format
     assert get_writer("raven") is RavenWriter
     assert all(issubclass(cls, ResultWriter) for cls in WRITERS.values())
     with pytest.raises(ValueError, match=r"unknown output format 'xml'.*audacity.*raven"):
@@ -141,7 +143,7 @@ def test_parquet_schema_and_metadata_round_trip(tmp_path: Path) -> None:
 
 
 def test_parquet_empty_events(tmp_path: Path) -> None:
-    path = ParquetWriter({"note": "empty"}).write(_empty(), tmp_path / "empty.parquet")
+    path = ParquetWriter().write(_empty(), tmp_path / "empty.parquet", {"note": "empty"})
     back = read_parquet(path)
     assert len(back) == 0 and list(back.columns) == list(EVENT_COLUMNS)
     assert back.attrs[METADATA_KEY] == {"note": "empty"}
@@ -163,7 +165,7 @@ def test_read_parquet_rejects_other_files(tmp_path: Path) -> None:
 class _FailingWriter(ResultWriter):
     suffix = ".txt"
 
-    def write_events(self, events: pd.DataFrame, path: Path) -> None:
+    def write_events(self, events: pd.DataFrame, path: Path, meta) -> None:
         path.write_text("half")
         raise RuntimeError("disk full")
 
