@@ -101,7 +101,7 @@ def verdicts_from_truth(scan_dir: str | Path, truth: list[str | Path], label_col
     detection in a recording with a truth table is correct when it matches a truth selection
     (``event_eval.match_events``), else wrong. Detections in recordings without a truth table
     are left out: nobody knows whether they are right."""
-    from .event_eval import _truth_recording, match_events, read_truth
+    from .event_eval import find_truth_tables, match_events, read_truth, truth_by_recording
     from .scan_run import scanned_recordings
     from .writers import read_parquet
 
@@ -111,20 +111,7 @@ def verdicts_from_truth(scan_dir: str | Path, truth: list[str | Path], label_col
         scan_dir = scan_dir.parent
     names = sorted(set(events["recording"]) | (set(scanned_recordings(scan_dir)["recording"])
                                                if (scan_dir / "recordings.csv").is_file() else set()))
-    tables = [t for p in map(Path, truth) for t in (sorted(p.rglob("*.selections.txt")) if p.is_dir() else [p])]
-    missing = [p for p in map(Path, truth) if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"no such truth table or folder: {', '.join(map(str, missing))}")
-    if not tables:
-        raise ValueError(f"no truth tables (*.selections.txt) in {', '.join(map(str, truth))}")
-    by_recording: dict[str, Path] = {}
-    for table in tables:
-        rec = _truth_recording(table, names)
-        if rec is None:
-            raise ValueError(f"{table}: no scanned recording matches this truth table's name")
-        if rec in by_recording:
-            raise ValueError(f"two truth tables for recording {rec}: {by_recording[rec]} and {table}; keep one")
-        by_recording[rec] = table
+    by_recording = truth_by_recording(find_truth_tables(truth), names)
     frames = []
     for rec, table in sorted(by_recording.items()):
         dets = events[events["recording"] == rec].reset_index(drop=True)

@@ -321,18 +321,12 @@ def _detections_path(path: Path) -> Path:
 def evaluate_events_cmd(detections: Path, truth: tuple[Path, ...], label_column: str, out: Path | None) -> None:
     """Event-level precision/recall/F1 of DETECTIONS (scan folder or .parquet) against Raven
     TRUTH tables (files, or folders searched for *.selections.txt)."""
-    from .event_eval import evaluate_events
+    from .event_eval import evaluate_events, find_truth_tables
     from .scan_run import scanned_recordings
     from .writers import read_parquet
 
-    tables = [t for p in truth for t in (sorted(p.rglob("*.selections.txt")) if p.is_dir() else [p])]
     try:
-        missing = [p for p in truth if not p.exists()]
-        if missing:
-            raise FileNotFoundError(f"no such truth table or folder: {', '.join(map(str, missing))}")
-        if not tables:
-            raise ValueError(f"no truth tables (*.selections.txt) found in {', '.join(map(str, truth))}; "
-                             "nothing to score against")
+        tables = find_truth_tables(list(truth))
         events_path = _detections_path(detections)
         index = events_path.parent / "recordings.csv"
         recordings = scanned_recordings(events_path.parent) if index.is_file() else None

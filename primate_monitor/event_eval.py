@@ -80,6 +80,34 @@ def _truth_recording(table: Path, recordings: list[str]) -> str | None:
     return best[0]
 
 
+def find_truth_tables(paths: list[str | Path]) -> list[Path]:
+    """Truth tables given as files, or folders searched for ``*.selections.txt``; a missing path
+    or no table at all is an error (there would be nothing to score against)."""
+    paths = [Path(p) for p in paths]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such truth table or folder: {', '.join(map(str, missing))}")
+    tables = [t for p in paths for t in (sorted(p.rglob("*.selections.txt")) if p.is_dir() else [p])]
+    if not tables:
+        raise ValueError(f"no truth tables (*.selections.txt) found in {', '.join(map(str, paths))}; "
+                         "nothing to score against")
+    return tables
+
+
+def truth_by_recording(truth_tables: list[Path], names: list[str]) -> dict[str, Path]:
+    """Each truth table's recording among ``names`` (see _truth_recording); a table that matches
+    none, or two tables for one recording, is an error naming them."""
+    matched: dict[str, Path] = {}
+    for table in truth_tables:
+        rec = _truth_recording(table, names)
+        if rec is None:
+            raise ValueError(f"{table}: no scanned recording matches this truth table's name")
+        if rec in matched:
+            raise ValueError(f"two truth tables for recording {rec}: {matched[rec]} and {table}; keep one")
+        matched[rec] = table
+    return matched
+
+
 def evaluate_events(detections: pd.DataFrame, truth_tables: list[Path], label_column: str = "Species",
                     recordings: pd.DataFrame | None = None) -> dict[str, Any]:
     """Per-class and macro precision, recall and F1 over every recording with a truth table.
@@ -92,14 +120,7 @@ def evaluate_events(detections: pd.DataFrame, truth_tables: list[Path], label_co
     """
     names = sorted(set(detections["recording"]) | (set(recordings["recording"]) if recordings is not None else set()))
     counts: dict[str, np.ndarray] = {}  # species -> [true positives, detections, truths]
-    matched_tables: dict[str, Path] = {}
-    for table in truth_tables:
-        rec = _truth_recording(table, names)
-        if rec is None:
-            raise ValueError(f"{table}: no scanned recording matches this truth table's name")
-        if rec in matched_tables:
-            raise ValueError(f"two truth tables for recording {rec}: {matched_tables[rec]} and {table}; keep one")
-        matched_tables[rec] = table
+    matched_tables = truth_by_recording(truth_tables, names)
     for rec, table in matched_tables.items():
         truth = read_truth(table, label_column)
         dets = detections[detections["recording"] == rec].reset_index(drop=True)
