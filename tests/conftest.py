@@ -34,3 +34,15 @@ def tiny_model(tiny_checkpoint):
     from primate_monitor.checkpoint import load_checkpoint
 
     return load_checkpoint(tiny_checkpoint, "cpu")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module: faster on a shared 2-core box, and in-process
+    scans then compute the same scores as CLI subprocesses run with OMP_NUM_THREADS=1."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 
 from primate_monitor.audio import AudioReadError
 from primate_monitor.checkpoint import load_checkpoint
@@ -33,13 +32,7 @@ CONFIG = ScanConfig(hop_seconds=1.0, mode="fast")
 N_GOOD = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here, as each worker has: a fair, quiet 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tone_noise(seconds: float, sr: int, seed: int) -> np.ndarray:

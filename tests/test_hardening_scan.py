@@ -14,7 +14,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-import torch
 from click.testing import CliRunner
 
 from primate_monitor.cli import EXIT_SOME_FAILED, EXIT_USAGE, main
@@ -30,12 +29,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 RECORDING = FIXTURES / "recording" / "20240312_053000.wav"  # 20 s, 8 kHz
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def invoke(*args):

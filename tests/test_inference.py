@@ -20,13 +20,7 @@ SR = 8000
 WINDOW = 3 * SR
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: faster on this shared 2-core box, and results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def scores_of(model, path, hop_s=1.0, mode="exact", batch_size=16, block_seconds=60.0):

@@ -27,14 +27,7 @@ CLIPS = ROOT / "sample_data" / "clips"
 FIXTURE_RECORDING = Path(__file__).parent / "fixtures" / "recording" / "20240312_053000.wav"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cli(*args):

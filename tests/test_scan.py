@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import soxr
-import torch
 from click.testing import CliRunner
 
 from primate_monitor.cli import EXIT_SOME_FAILED, EXIT_USAGE, main
@@ -38,14 +37,7 @@ RAVEN_HEADER_LINE = ("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLo
 SPECIES = ("chimpanzee", "gibbon", "titi_monkey")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread (as the subprocesses get via OMP_NUM_THREADS=1): faster on a shared 2-core
-    box, and in-process and subprocess scans compute identical scores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def read_rec() -> tuple[np.ndarray, int]:
