@@ -44,21 +44,28 @@ def open_cluster(spec: Any, torch_threads: int | None = None) -> Iterator[Any]:
         yield spec
         return
     spec = check_cluster(str(spec))
+    cluster = _start_cluster(spec, torch_threads)  # None: join a running scheduler at spec
+    client = Client(cluster if cluster is not None else spec)
+    logger.info("%s Dask cluster at %s", "started a" if cluster is not None else "connected to the",
+                client.scheduler.address)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _start_cluster(spec: str, torch_threads: int | None) -> Any:
+    """The cluster object ``spec`` asks this process to start (local:N, slurm:N, ...), or None
+    when ``spec`` is the address of a scheduler that is already running."""
     if m := _LOCAL.match(spec):
         from distributed import LocalCluster
 
         threads = str(torch_threads or 1)
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
-        cluster = LocalCluster(n_workers=int(m.group(1)), threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, env=env)
-        client = Client(cluster)
-        logger.info("started a local Dask cluster with %s worker process(es) at %s", m.group(1), cluster.scheduler_address)
-        try:
-            yield client
-        finally:
-            client.close()
-            cluster.close()
-        return
+        return LocalCluster(n_workers=int(m.group(1)), threads_per_worker=1, processes=True, host="127.0.0.1",
+                            dashboard_address=None, env=env)
     if m := _JOBQUEUE.match(spec):  # untested here: there is no SLURM on the development machines
         try:
             import dask_jobqueue
@@ -66,16 +73,5 @@ def open_cluster(spec: Any, torch_threads: int | None = None) -> Iterator[Any]:
             raise ValueError(f"cluster {spec!r} needs dask-jobqueue (pip install dask-jobqueue)") from e
         cluster = getattr(dask_jobqueue, JOBQUEUE_SYSTEMS[m.group(1)])()  # settings from jobqueue.yaml
         cluster.scale(jobs=int(m.group(2)))
-        client = Client(cluster)
-        try:
-            yield client
-        finally:
-            client.close()
-            cluster.close()
-        return
-    client = Client(spec)
-    logger.info("connected to the Dask scheduler at %s", spec)
-    try:
-        yield client
-    finally:
-        client.close()
+        return cluster
+    return None
