@@ -44,6 +44,8 @@ def open_cluster(spec: Any, torch_threads: int | None = None) -> Iterator[Any]:
         yield spec
         return
     spec = check_cluster(str(spec))
+    if not logger.isEnabledFor(logging.DEBUG):  # Dask's own INFO lines (comms, closing) drown the scan's progress
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     cluster = _start_cluster(spec, torch_threads)  # None: join a running scheduler at spec
     client = Client(cluster if cluster is not None else spec)
     logger.info("%s Dask cluster at %s", "started a" if cluster is not None else "connected to the",
