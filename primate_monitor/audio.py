@@ -24,10 +24,12 @@ from .fsutil import printable
 
 logger = logging.getLogger(__name__)
 
-# Seconds of source audio decoded per read in stream_audio (1-channel 48 kHz: ~11 MB
-# as float32); MAX_BLOCK_SAMPLES caps it for high rates and many channels.
+# Seconds of source audio decoded per read in stream_audio; MAX_BLOCK_SAMPLES caps it (at
+# 48 kHz mono, 21.8 s). Small reads keep a scan's peak memory low: each read is held
+# twice (decoded, then mixed down) before resampling, and 4 MB blocks (instead of 60 s,
+# 11.5 MB at 48 kHz) cut ~15 MB off the peak at no measurable cost in speed.
 BLOCK_SECONDS = 60.0
-MAX_BLOCK_SAMPLES = 4_000_000  # samples over all channels per read: 16 MB as float32
+MAX_BLOCK_SAMPLES = 1_048_576  # samples over all channels per read: 4 MB as float32
 # soxr "HQ" is what librosa's res_type="soxr_hq" uses; training and scanning
 # must resample identically or the model sees a different spectrum.
 RESAMPLE_QUALITY = "HQ"

@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from .audio import AudioReadError, load_audio
 from .config import PADDINGS
 from .data import Clip, DataError
 from .fsutil import atomic_write
+
+if TYPE_CHECKING:
+    from .checkpoint import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +124,12 @@ def decode_clips(
 # clips (docs/short_clips.md): most frames sit at the log floor, bn0's statistics are
 # those of the padding, and batch-wide SpecAugment stripes fall on every call at once.
 PAPER_PADDING = "zeros_end"  # what a checkpoint without a ``padding`` key was trained with
+
+
+def model_padding(model: "LoadedModel") -> str:
+    """How the model's training padded short clips; evaluation, embedding and scanning present
+    them the same way. A checkpoint from before the ``padding`` key was trained with the paper's zeros."""
+    return str(model.info.config.get("padding", PAPER_PADDING))
 
 
 def pad_train(audio: np.ndarray, n_samples: int, padding: str, rng: np.random.Generator) -> np.ndarray:

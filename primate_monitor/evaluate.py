@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .checkpoint import LoadedModel
-from .clipaudio import PAPER_PADDING, decode_clips
+from .clipaudio import decode_clips, model_padding  # model_padding: also imported from here by embed
 from .config import TrainConfig, from_dict
 from .data import UNLABELLED, DataError, load_splits
 from .frontend import LogMel
@@ -35,12 +35,6 @@ def _data_config(model: LoadedModel, overrides: dict[str, Any]) -> TrainConfig:
     saved = {k: v for k, v in model.info.config.items() if k in TrainConfig.__dataclass_fields__}
     config = from_dict(saved, source=str(model.path))
     return replace(config, **overrides)
-
-
-def model_padding(model: LoadedModel) -> str:
-    """How the model's training padded short clips; evaluation presents them the same way.
-    A checkpoint from before the ``padding`` key was trained with the paper's zeros."""
-    return str(model.info.config.get("padding", PAPER_PADDING))
 
 
 def check_hop(hop_seconds: float, sample_rate: int) -> None:

@@ -17,11 +17,15 @@ samples, plus a final zero-padded window so the end of the recording is covered.
 Jobs (the input of a span, or of a batch of windows) are cut on the CPU apart from being
 scored, so that on a GPU several spans, from one stream or several (``score_streams``), go
 through the network in one call, with bf16 autocast, channels_last and pinned, non-blocking
-host-to-device copies. On the CPU each job is its own call, as it always was.
+host-to-device copies. On the CPU each job is its own call, as it always was, through a
+copy of the network with BatchNorm folded into the convolutions in channels_last layout
+(``fold_batch_norms``), and glibc is told to return large buffers to the system
+(``limit_heap_growth``) so that a long recording's peak memory stays flat.
 """
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 
 from .checkpoint import LoadedModel
+from .clipaudio import model_padding, pad_eval
 from .devices import autocast
 from .frontend import LogMel
 from .predict import activate
@@ -40,6 +45,98 @@ MODES = ("auto", "fast", "exact")
 SPAN_WINDOWS = 32  # windows per trunk call in fast mode; fixed so results do not depend on --batch-size
 CONTEXT_COLUMNS = 4  # trunk columns of audio context on each side of a span (64 frames for CNN10)
 SPANS_PER_CALL_CUDA = 16  # fast-mode spans (or exact-mode batches) per network call on a GPU: ~29k frames at hop 1 s
+
+
+_FOLDED: dict[int, tuple[torch.nn.Module, tuple, torch.nn.Module]] = {}  # id(network) -> (network, versions, folded)
+
+
+def _weights_version(network: torch.nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer is replaced or updated in place (optimizer steps,
+    load_state_dict), so a cached folded copy is never stale."""
+    return tuple((id(t), t._version) for t in [*network.parameters(), *network.buffers()])
+
+
+def cpu_inference_network(network: torch.nn.Module) -> torch.nn.Module:
+    """``fold_batch_norms(network)``, made once per network and weights, not once per recording:
+    a scan creates a scorer per file, and re-folding means a fresh copy of the weights each time."""
+    key, version = id(network), _weights_version(network)
+    cached = _FOLDED.get(key)
+    if cached is not None and cached[0] is network and cached[1] == version:
+        return cached[2]
+    folded = fold_batch_norms(network)
+    _FOLDED.clear()  # one network at a time: a scan uses one model
+    _FOLDED[key] = (network, version, folded)
+    return folded
+
+
+_HEAP_LIMITED = False
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+
+
+def limit_heap_growth() -> None:
+    """Ask glibc to serve allocations of 1 MB and more (the trunk's activation maps, STFT
+    buffers, decoded blocks) from mmap, returned to the system when freed, for the rest of
+    the process.
+
+    Why: by default glibc raises its mmap threshold after the first large free, so later
+    multi-MB buffers come from the heap, where they fragment it and the resident size creeps
+    with the recording's length (docs/benchmarks.md: 424 -> 536 MB over 2 h at 48 kHz; 690 ->
+    830 MB over 22 h before). With a fixed 1 MB threshold it stays flat (~405 MB); 4 MB was
+    not enough (the trunk's deeper maps are 2-4 MB). A ``MALLOC_MMAP_THRESHOLD_`` in the
+    environment wins. No-op off Linux/glibc."""
+    global _HEAP_LIMITED
+    if _HEAP_LIMITED:
+        return
+    _HEAP_LIMITED = True
+    import ctypes
+    import ctypes.util
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return  # the user's own setting wins
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_mmap_threshold = -3  # from malloc.h
+        libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):  # musl or another libc without mallopt
+        pass
+
+
+def fold_batch_norms(network: torch.nn.Module) -> torch.nn.Module:
+    """An inference copy of ``network`` with every ``Conv2d`` followed by a ``BatchNorm2d`` (in
+    an ``nn.Sequential``) merged into one convolution, and in channels_last layout.
+
+    Why: on the CPU the trunk is ~90 % of a scan (docs/benchmarks.md), and a folded,
+    channels_last trunk runs about 1.3x faster and holds fewer activation buffers (no
+    separate BatchNorm output per convolution). Scores change only by float rounding
+    (~1e-6). The caller's network is left as it is (a copy is folded), so training and
+    evaluation keep the network they trained."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(network).eval()
+    for module in list(folded.modules()):
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        layers = list(module)
+        merged: list[torch.nn.Module] = []
+        i = 0
+        while i < len(layers):
+            conv = layers[i]
+            bn = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) \
+                    and bn.track_running_stats and bn.num_features == conv.out_channels:
+                merged.append(fuse_conv_bn_eval(conv, bn))
+                i += 2
+            else:
+                merged.append(conv)
+                i += 1
+        if len(merged) != len(layers):
+            for name in list(module._modules):
+                del module._modules[name]
+            for k, layer in enumerate(merged):
+                module.add_module(str(k), layer)
+    return folded.to(memory_format=torch.channels_last)
 
 
 class SampleBuffer:
@@ -99,7 +196,7 @@ class Job:
 
     starts: np.ndarray  # (n,) int64 start sample of each window
     wave: np.ndarray  # exact: (n, window) windows; fast: (samples,) the span with its context
-    offsets: np.ndarray | None = None  # fast: trunk column where each window begins, within the span
+    offsets: np.ndarray | None = None  # fast: trunk column where each window begins; None: windows, as exact
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -122,11 +219,15 @@ class StreamScorer:
         self.cuda = self.device.type == "cuda"
         if self.cuda:  # cuDNN's fastest bf16 convolutions want NHWC
             self.network = self.network.to(memory_format=torch.channels_last)
+        elif self.device.type == "cpu":  # BatchNorm folded into the convolutions, NHWC (oneDNN's fast layout)
+            self.network = cpu_inference_network(self.network)
+            limit_heap_growth()
         self.frontend = LogMel(info.frontend).to(self.device)
         self.window = round(info.clip_seconds * info.sample_rate)
         self.hop = hop_samples
         self.batch_size = batch_size
         self.activation = info.activation
+        self.padding = model_padding(model)
         if spans_per_call is not None and spans_per_call < 1:
             raise ValueError(f"spans_per_call must be at least 1, got {spans_per_call}")
         self.spans_per_call = spans_per_call or (SPANS_PER_CALL_CUDA if self.cuda else 1)
@@ -145,6 +246,10 @@ class StreamScorer:
                 next_index += ready
                 buf.drop_before(self.keep_from(next_index * self.hop))
         buf.finished = True
+        if next_index == 0 and buf.offset == 0 and 0 < buf.end < self.window:
+            # shorter than one window: the one window the model was trained to see for such a clip
+            yield Job(np.zeros(1, dtype=np.int64), pad_eval(buf.data, self.window, self.padding)[None])
+            return
         starts = window_starts(buf.end, self.window, self.hop)
         rest = starts[starts >= next_index * self.hop]
         for i in range(0, len(rest), self.group):
@@ -218,6 +323,16 @@ class StreamScorer:
     def finish(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.nan_to_num(activate(logits.float(), self.activation), nan=0.0)
 
+    def score_windows(self, jobs: list[Job]) -> torch.Tensor:
+        """Jobs of whole windows (n, window), each through front end and network on its own."""
+        wave = self.to_device([j.wave for j in jobs], stack=False)
+        with autocast(self.device):
+            mel = self.frontend(wave)
+            if self.cuda:
+                mel = mel.contiguous(memory_format=torch.channels_last)
+            logits, _ = self.network(mel)
+        return self.finish(logits)
+
 
 class ExactScorer(StreamScorer):
     """Each window through front end and network on its own, in batches of ``batch_size``."""
@@ -227,13 +342,7 @@ class ExactScorer(StreamScorer):
         return Job(np.asarray(starts, dtype=np.int64), np.stack([buf.get(int(s), int(s) + self.window) for s in starts]))
 
     def score_group(self, jobs: list[Job]) -> torch.Tensor:
-        wave = self.to_device([j.wave for j in jobs], stack=False)
-        with autocast(self.device):
-            mel = self.frontend(wave)
-            if self.cuda:
-                mel = mel.contiguous(memory_format=torch.channels_last)
-            logits, _ = self.network(mel)
-        return self.finish(logits)
+        return self.score_windows(jobs)
 
 
 class FastScorer(StreamScorer):
@@ -284,7 +393,10 @@ class FastScorer(StreamScorer):
 
     def score_group(self, jobs: list[Job]) -> torch.Tensor:
         """Spans of one length: one front-end and trunk call over all of them, then each window
-        pools its ``window_columns`` columns, gathered from a strided (unfold) view in one step."""
+        pools its ``window_columns`` columns, gathered from a strided (unfold) view in one step.
+        Jobs of whole windows (a recording shorter than one window) are scored as in exact mode."""
+        if jobs[0].offsets is None:
+            return self.score_windows(jobs)
         wave = self.to_device([j.wave for j in jobs], stack=True)  # (spans, samples)
         span = torch.from_numpy(np.concatenate([np.full(len(j.starts), k) for k, j in enumerate(jobs)])).to(self.device)
         offsets = torch.from_numpy(np.concatenate([j.offsets for j in jobs])).to(self.device)
