@@ -65,6 +65,18 @@ class AudioReadError(Exception):
         self.kind = kind
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):
+        """Rebuilt from (path, kind, message), so a worker process's error reaches the client intact."""
+        return audio_error_from_message, (self.path, self.kind, str(self))
+
+
+def audio_error_from_message(path: str, kind: str, message: str) -> "AudioReadError":
+    """An AudioReadError with its full message as given (unpickling; results sent back by workers)."""
+    error = AudioReadError.__new__(AudioReadError)
+    Exception.__init__(error, message)
+    error.path, error.kind = path, kind
+    return error
+
 
 @dataclass(frozen=True)
 class AudioInfo:

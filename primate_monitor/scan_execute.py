@@ -24,7 +24,6 @@ float rounding (tests/test_executors.py).
 
 from __future__ import annotations
 
-import copyreg
 import logging
 import math
 import os
@@ -38,7 +37,7 @@ from typing import Any, Protocol, Union
 import numpy as np
 import pandas as pd
 
-from .audio import AudioReadError, probe
+from .audio import AudioReadError, audio_error_from_message, probe
 from .checkpoint import LoadedModel
 from .inference import make_scorer
 from .scan_plan import Recording
@@ -51,23 +50,6 @@ EXECUTORS = ("serial", "processes", "dask")
 PREROLL_SECONDS = 1.0  # source audio read before a piece when resampling; soxr settles within a few ms
 # formats whose seek is sample-accurate in libsndfile; other files are never split
 SPLITTABLE_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "CAF", "FLAC"})
-
-
-# --- AudioReadError across processes -------------------------------------------------------
-def _rebuild_audio_error(path: str, kind: str, message: str) -> AudioReadError:
-    error = AudioReadError.__new__(AudioReadError)
-    Exception.__init__(error, message)
-    error.path, error.kind = path, kind
-    return error
-
-
-def _reduce_audio_error(error: AudioReadError):
-    return _rebuild_audio_error, (error.path, error.kind, str(error))
-
-
-# AudioReadError's __init__ takes (path, kind, reason) but its args hold only the message, so the
-# default exception pickling cannot rebuild it; register a reducer so it crosses process borders.
-copyreg.pickle(AudioReadError, _reduce_audio_error)
 
 
 # --- results -------------------------------------------------------------------------------
@@ -358,7 +340,7 @@ def merge_pieces(parts: Sequence[PieceScores], model: LoadedModel, config: ScanC
     seconds = sum(p.seconds for p in parts)
     if first.info is None:  # the file could not be read at all
         kind, message = first.error or ("not_audio", f"{rec.display_path}: unreadable")
-        error = _rebuild_audio_error(rec.display_path, kind, message)
+        error = audio_error_from_message(rec.display_path, kind, message)
         logger.warning("cannot scan %s", error)
         return RecordingResult(rec, recording_record(rec, None, error, 0, seconds, first.fingerprint), None, None)
     used: list[PieceScores] = []
@@ -369,7 +351,7 @@ def merge_pieces(parts: Sequence[PieceScores], model: LoadedModel, config: ScanC
         if part.error is not None:
             break
     last = used[-1]
-    error = _rebuild_audio_error(rec.display_path, *last.error) if last.error is not None else None
+    error = audio_error_from_message(rec.display_path, *last.error) if last.error is not None else None
     scores = RecordingScores(rec.path, first.info, first.start,
                              np.concatenate([p.starts for p in used]) / sr,
                              np.concatenate([p.scores for p in used]), last.end_sample / sr,

@@ -93,8 +93,6 @@ def serial_out(corpus, tiny_checkpoint, tmp_path_factory) -> Path:
 
 def test_audio_read_error_pickles():
     """A broken file's error crosses process borders intact (kind, path and message)."""
-    import primate_monitor.scan_execute  # noqa: F401 - registers the reducer
-
     error = pickle.loads(pickle.dumps(AudioReadError("/data/x.wav", "corrupt", "decode error at frame 9")))
     assert (type(error), error.kind, error.path, str(error)) == (AudioReadError, "corrupt", "/data/x.wav",
                                                                  "/data/x.wav: decode error at frame 9")
