@@ -39,6 +39,7 @@ from .clipaudio import model_padding, pad_eval
 from .devices import autocast
 from .frontend import LogMel
 from .predict import activate
+from .prefetch import put_unless_stopped
 from .windows import window_starts
 
 MODES = ("auto", "fast", "exact")
@@ -454,13 +455,7 @@ class _Feeder(threading.Thread):
         self.index, self.source, self.scorer, self.out, self.stop = index, source, scorer, out, stop
 
     def _put(self, item: tuple) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.out.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(self.out, item, self.stop)
 
     def run(self) -> None:
         try:

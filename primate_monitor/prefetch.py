@@ -19,6 +19,19 @@ from .audio import stream_audio
 QUEUE_BLOCKS = 4  # decoded blocks buffered per file
 
 
+def put_unless_stopped(out: queue.Queue, item: tuple, stop: threading.Event) -> bool:
+    """Put ``item`` on a bounded queue, waiting while it is full, unless ``stop`` is set (the
+    consumer gave up: an interrupted scan, a failed file); False then. A decoder thread blocked
+    for good on a full queue would keep its file open and its memory for the rest of the run."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.5)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 class _Producer(threading.Thread):
     def __init__(self, path: Path, sample_rate: int, channel: int | None, block_seconds: float) -> None:
         super().__init__(daemon=True)  # an interrupted scan must not wait for readers
@@ -27,14 +40,7 @@ class _Producer(threading.Thread):
         self.stop = threading.Event()
 
     def _put(self, item: tuple) -> bool:
-        """Queue an item unless the consumer gave up on this file; False when it did."""
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(self.queue, item, self.stop)
 
     def run(self) -> None:
         try:
