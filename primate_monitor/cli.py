@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -138,8 +137,6 @@ def evaluate(paths: tuple[Path, ...], split: str, out: Path, hop_seconds: float,
 
     if len(paths) > 2:
         raise click.UsageError("expected [CHECKPOINT] DATA")
-    if not math.isfinite(hop_seconds) or hop_seconds <= 0:
-        _fail(ValueError(f"--hop must be a positive, finite number of seconds, got {hop_seconds}"))
     try:
         checkpoint, data = paths if len(paths) == 2 else (default_model_path(), paths[0])
         model = load_checkpoint(checkpoint, resolve_device(device))

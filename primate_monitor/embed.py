@@ -50,7 +50,7 @@ from .evaluate import model_padding
 from .frontend import LogMel
 from .fsutil import atomic_write, ensure_output_dir, write_csv
 from .inference import ExactScorer, SampleBuffer, WindowScores
-from .windows import seconds_to_samples
+from .windows import hop_samples
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def embed_recording(path: str | Path, model: LoadedModel, hop_seconds: float = 1
             error = e
             logger.warning("%s: %s; keeping the %.1f s embedded before it", path, e, n_samples / sr)
 
-    scorer = EmbeddingScorer(model, seconds_to_samples(hop_seconds, sr), batch_size)
+    scorer = EmbeddingScorer(model, hop_samples(hop_seconds, sr), batch_size)
     parts = list(scorer.run(tracked()))
     if n_samples == 0:
         raise AudioReadError(path, "no_samples", "no audio samples could be decoded")
@@ -230,8 +230,7 @@ class EmbedRun:
             raise ValueError(f"input kind must be one of {INPUT_KINDS}, got {kind!r}")
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-        if not hop_seconds > 0:
-            raise ValueError(f"hop must be positive seconds, got {hop_seconds}")
+        hop_samples(hop_seconds, model.info.sample_rate)  # checked before anything is written
         self.model, self.out = model, Path(out)
         self.inputs = [Path(p) for p in inputs]
         self.kind = resolve_input_kind(self.inputs, kind)

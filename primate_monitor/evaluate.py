@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from .fsutil import atomic_write, ensure_output_dir, write_csv
 from .metrics import classification_metrics
 from .plots import plot_confusion
 from .predict import score_clips
+from .windows import hop_samples
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +37,6 @@ def _data_config(model: LoadedModel, overrides: dict[str, Any]) -> TrainConfig:
     return replace(config, **overrides)
 
 
-def check_hop(hop_seconds: float, sample_rate: int) -> None:
-    """Raise ValueError unless the hop is a finite number of seconds of at least one sample:
-    a zero hop would never advance over a long clip, and inf or NaN cannot be rounded."""
-    if not isinstance(hop_seconds, (int, float)) or not math.isfinite(hop_seconds) or hop_seconds * sample_rate < 1:
-        raise ValueError(f"--hop must be a positive, finite number of seconds of at least one sample "
-                         f"(1/{sample_rate} s), got {hop_seconds}")
-
-
 def evaluate(
     model: LoadedModel, data_root: str | Path, split: str, out_dir: str | Path,
     hop_seconds: float = 1.0, skip_bad: bool = False, data_overrides: dict[str, Any] | None = None,
@@ -52,7 +44,7 @@ def evaluate(
     """Score every clip of ``split``; write predictions.csv and, when the split is labelled,
     metrics.json and confusion_matrix.csv/.png. Returns the metrics (None for an unlabelled split)."""
     info = model.info
-    check_hop(hop_seconds, info.sample_rate)
+    hop_samples(hop_seconds, info.sample_rate)  # checked before any clip is decoded
     out = ensure_output_dir(out_dir)
     config = _data_config(model, {"skip_bad": skip_bad, "cache_dir": None} | (data_overrides or {}))
     splits = load_splits(data_root, replace(config, devel_split=split))

@@ -42,7 +42,7 @@ from .checkpoint import LoadedModel
 from .inference import make_scorer
 from .scan_plan import Recording
 from .scanner import RecordingScores, ScanConfig, events_table, score_recording
-from .windows import seconds_to_samples, window_starts
+from .windows import window_starts
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class PieceGrid:
 def piece_grid(model: LoadedModel, config: ScanConfig) -> PieceGrid:
     """The grid pieces are cut on, for this model and scan configuration."""
     sr = model.info.sample_rate
-    hop = seconds_to_samples(config.hop_seconds, sr)
+    hop = config.hop_samples(sr)
     scorer = make_scorer(model, hop, config.batch_size, config.mode)
     column = int(getattr(scorer, "stride", 1)) * int(getattr(scorer, "fe_hop", 1))  # samples per trunk column
     granule = math.lcm(int(scorer.group), column // math.gcd(hop, column))
@@ -308,7 +308,7 @@ def score_piece(rec: Recording, piece: Piece, model: LoadedModel, config: ScanCo
     """Scores of the windows ``piece`` owns, in global sample positions; writes nothing."""
     started = time.perf_counter()
     sr = model.info.sample_rate
-    hop = seconds_to_samples(config.hop_seconds, sr)
+    hop = config.hop_samples(sr)
     fingerprint = rec.fingerprint()
     classes = len(model.info.classes)
     empty = (np.zeros(0, dtype=np.int64), np.zeros((0, classes), dtype=np.float32))

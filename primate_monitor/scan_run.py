@@ -34,7 +34,7 @@ from .scan_execute import (EXECUTORS, DaskExecutor, Executor, ModelRef, PieceCol
 from .scan_finalize import FAILURE_COLUMNS, RECORDING_COLUMNS, ScanSummary, finalize
 from .scan_plan import Recording, ScanError, plan_recordings
 from .scan_state import STATE_DIR, ScanState
-from .scanner import ScanConfig, check_hop, prepare_model, with_model_thresholds
+from .scanner import ScanConfig, prepare_model, with_model_thresholds
 
 __all__ = ["EXECUTORS", "FAILURE_COLUMNS", "RECORDING_COLUMNS", "STATE_DIR", "Recording", "RecordingResult",
            "ScanError", "ScanRun", "ScanSummary", "finalize", "plan_recordings", "recording_record", "scan",
@@ -83,7 +83,7 @@ class ScanRun:
             raise ValueError(f"piece length must be > 0 s, got {piece_seconds!r}")
         if torch_threads is not None and torch_threads < 1:
             raise ValueError(f"torch threads must be at least 1, got {torch_threads}")
-        check_hop(config.hop_seconds, model.info.sample_rate)  # before anything is written
+        config.hop_samples(model.info.sample_rate)  # checked before anything is written
         self.out, self.config, self.model = Path(out), config, model
         self.workers, self.save_windows = workers, save_window_scores
         self.executor, self.cluster = executor, cluster

@@ -21,22 +21,12 @@ from .checkpoint import LoadedModel, load_checkpoint
 from .events import EventContext, EventOptions, build_events, validate_options
 from .inference import MODES, make_scorer, score_stream, score_streams
 from .timestamps import recording_start
-from .windows import seconds_to_samples
+from .windows import hop_samples
 
 logger = logging.getLogger(__name__)
 
 
 MIN_HOP_SECONDS = 0.01  # finer than one front-end frame (10 ms) scores the same audio again and again
-
-
-def check_hop(hop_seconds: float, sample_rate: int) -> int:
-    """The hop in samples at the model's rate; ValueError unless it is at least one sample.
-
-    Checked before a scan writes anything: a hop that rounds to 0 samples would never advance."""
-    hop = seconds_to_samples(hop_seconds, sample_rate) if math.isfinite(hop_seconds) and hop_seconds >= 0 else 0
-    if hop < 1:
-        raise ValueError(f"hop {hop_seconds!r} s is less than one sample at the model's {sample_rate} Hz")
-    return hop
 
 
 @dataclass(frozen=True)
@@ -63,6 +53,10 @@ class ScanConfig:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
         if self.channel is not None and self.channel < 0:
             raise ValueError(f"channel must be >= 0 (0-based), got {self.channel}")
+
+    def hop_samples(self, sample_rate: int) -> int:
+        """The hop in samples at the model's ``sample_rate`` (``windows.hop_samples``: at least one)."""
+        return hop_samples(self.hop_seconds, sample_rate)
 
     def parameters(self) -> dict:
         """The settings that determine the detections, for run.json and resume checks."""
@@ -139,7 +133,7 @@ def score_recording(path: str | Path, model: LoadedModel, config: ScanConfig,
     keeps the windows scored so far and is returned in ``error``.
     """
     stream = _TrackedStream(Path(path), model, config, blocks, on_block)
-    hop = seconds_to_samples(config.hop_seconds, model.info.sample_rate)
+    hop = config.hop_samples(model.info.sample_rate)
     result = score_stream(model, stream.blocks(), hop, config.batch_size, config.mode)
     return stream.result(result.starts, result.scores)
 
@@ -156,7 +150,7 @@ def score_recordings(paths: Sequence[str | Path], model: LoadedModel, config: Sc
     for a file that could not be read at all. ``on_block`` is called from the decoder threads.
     """
     streams = [_TrackedStream(Path(p), model, config, None, on_block) for p in paths]
-    hop = seconds_to_samples(config.hop_seconds, model.info.sample_rate)
+    hop = config.hop_samples(model.info.sample_rate)
     scorer = make_scorer(model, hop, config.batch_size, config.mode, spans_per_call)
     for i, result in score_streams(scorer, [s.blocks for s in streams], workers):
         stream = streams[i]

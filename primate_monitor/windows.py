@@ -47,6 +47,17 @@ def window_starts(n_samples: int, window: int, hop: int) -> np.ndarray:
     return starts
 
 
+def hop_samples(hop_seconds: float, sample_rate: int) -> int:
+    """A hop in whole samples at ``sample_rate``; ValueError unless it is a finite number of
+    seconds of at least one sample. One check for scan, evaluate and embed: a hop that rounds
+    to 0 samples would never advance, and inf or NaN cannot be rounded."""
+    if isinstance(hop_seconds, bool) or not isinstance(hop_seconds, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(hop_seconds) or hop_seconds * sample_rate < 1:
+        raise ValueError(f"--hop {hop_seconds!r} s: must be a finite number of seconds of at least one sample "
+                         f"(1/{sample_rate} s at the model's {sample_rate} Hz)")
+    return seconds_to_samples(hop_seconds, sample_rate)
+
+
 def seconds_to_samples(seconds: float, sample_rate: int) -> int:
     """``seconds`` at ``sample_rate`` Hz as a whole number of samples, rounding half up.
 
