@@ -160,14 +160,15 @@ def info(checkpoint: Path) -> None:
     click.echo(json.dumps(meta, indent=2, sort_keys=True))
 
 
-def _class_list(classes: str | None) -> tuple[str, ...] | None:
-    """--classes a,b as a tuple; None when not given; an error when it names no species."""
+def _class_list(classes: str | None, option: str = "--classes") -> tuple[str, ...] | None:
+    """A comma-separated species option (``--classes a,b``) as a tuple; None when not given; an
+    error naming ``option`` when it names no species (``--classes ,``)."""
     if classes is None:
         return None
     chosen = tuple(dict.fromkeys(c.strip() for c in classes.split(",") if c.strip()))
     if not chosen:
-        raise click.BadParameter(f"needs at least one species name, e.g. --classes chimpanzee,gibbon; got {classes!r}",
-                                 param_hint="--classes")
+        raise click.BadParameter(f"needs at least one species name, e.g. {option} chimpanzee,gibbon; got {classes!r}",
+                                 param_hint=option)
     return chosen
 
 

@@ -20,6 +20,12 @@ def _errors():
     return USER_ERRORS, _fail
 
 
+def _species(text: str | None, option: str) -> tuple[str, ...] | None:
+    from .cli import _class_list
+
+    return _class_list(text, option)
+
+
 @click.command()
 @click.argument("scan_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder for the review.")
@@ -47,7 +53,7 @@ def review(scan_dir: Path, out: Path, per_bin: int, bins: int, seed: int, take_a
 
     user_errors, fail = _errors()
     try:
-        chosen = tuple(s.strip() for s in species.split(",") if s.strip()) if species else None
+        chosen = _species(species, "--species")
         options = ReviewOptions(per_bin=per_bin, bins=bins, seed=seed, take_all=take_all, context_s=context_s,
                                 species=chosen, sheets=not no_sheets)
         result = review_scan(scan_dir, out, options, overwrite)
@@ -106,7 +112,7 @@ def calibrate(reviewed: tuple[Path, ...], out: Path, scan_dir: Path | None, trut
                 raise click.UsageError("give filled-in review tables (files or folders), or --scan with --truth")
             if truth:
                 raise click.UsageError("--truth goes with --scan")
-            known = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+            known = _species(classes, "--classes")
             verdicts = verdicts_from_tables(list(reviewed), known)
             source = f"review tables {', '.join(map(str, reviewed))}"
         options = CalibrationOptions(precision=target, bootstrap=bootstrap, seed=seed, min_verdicts=min_verdicts,

@@ -127,6 +127,7 @@ def tsne(embeddings: Path, out: Path, split: str | None, max_points: int, perple
 def summarize(scan_dir: Path, out: Path, site_from: str, site_regex: str | None, occasion: str, min_score: float,
               thresholds_file: Path | None, utc_offset: str, species: str | None) -> None:
     """Effort, detection histories (for R unmarked) and diel activity from a scan's SCAN_DIR."""
+    from .cli import _class_list
     from .events import load_thresholds_file
     from .summarize import SummaryOptions, write_summary
     from .summarize import summarize as run_summarize
@@ -136,7 +137,7 @@ def summarize(scan_dir: Path, out: Path, site_from: str, site_regex: str | None,
         options = SummaryOptions(site_from=site_from, site_regex=site_regex, occasion=occasion, min_score=min_score,
                                  thresholds=load_thresholds_file(thresholds_file) if thresholds_file else {},
                                  utc_offset=utc_offset,
-                                 species=tuple(s.strip() for s in species.split(",") if s.strip()) if species else None)
+                                 species=_class_list(species, "--species"))
         summary = run_summarize(scan_dir, options)
         write_summary(summary, out)
     except user_errors as e:
