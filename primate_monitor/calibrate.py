@@ -102,15 +102,14 @@ def verdicts_from_truth(scan_dir: str | Path, truth: list[str | Path], label_col
     (``event_eval.match_events``), else wrong. Detections in recordings without a truth table
     are left out: nobody knows whether they are right."""
     from .event_eval import find_truth_tables, match_events, read_truth, truth_by_recording
-    from .scan_run import scanned_recordings
+    from .scan_run import recording_pairs
     from .writers import read_parquet
 
     scan_dir = Path(scan_dir)
     events = read_parquet(scan_dir / "detections.parquet") if scan_dir.is_dir() else read_parquet(scan_dir)
     if scan_dir.is_file():
         scan_dir = scan_dir.parent
-    names = sorted(set(events["recording"]) | (set(scanned_recordings(scan_dir)["recording"])
-                                               if (scan_dir / "recordings.csv").is_file() else set()))
+    names = sorted({name for name, _ in recording_pairs(events, scan_dir)} | set(events["recording"]))
     by_recording = truth_by_recording(find_truth_tables(truth), names)
     frames = []
     for rec, table in sorted(by_recording.items()):

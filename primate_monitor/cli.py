@@ -320,15 +320,13 @@ def evaluate_events_cmd(detections: Path, truth: tuple[Path, ...], label_column:
     """Event-level precision/recall/F1 of DETECTIONS (scan folder or .parquet) against Raven
     TRUTH tables (files, or folders searched for *.selections.txt)."""
     from .event_eval import evaluate_events, find_truth_tables
-    from .scan_run import scanned_recordings
+    from .scan_run import scan_index
     from .writers import read_parquet
 
     try:
         tables = find_truth_tables(list(truth))
         events_path = _detections_path(detections)
-        index = events_path.parent / "recordings.csv"
-        recordings = scanned_recordings(events_path.parent) if index.is_file() else None
-        result = evaluate_events(read_parquet(events_path), tables, label_column, recordings)
+        result = evaluate_events(read_parquet(events_path), tables, label_column, scan_index(events_path.parent))
     except USER_ERRORS as e:
         _fail(e)
     click.echo(f"{'species':<16}{'precision':>10}{'recall':>8}{'F1':>7}{'TP':>5}{'det':>5}{'truth':>6}{'false/h':>9}")

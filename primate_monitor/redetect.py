@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from .events import EventOptions, validate_options
 from .fsutil import ensure_output_dir
 from .scan_plan import Recording, ScanError
-from .scan_run import finalize, scanned_recordings
+from .scan_run import finalize, recording_pairs
 from .scan_state import ScanState
 from .events import EventContext, build_events
 from .writers import EXPORT_FORMATS, get_writer, read_parquet
@@ -112,9 +112,4 @@ def export(detections: str | Path, fmt: str, dest: str | Path, min_score: float 
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
     writer = get_writer(fmt)()
     ensure_output_dir(dest)
-    if (detections.parent / "recordings.csv").is_file():
-        rec = scanned_recordings(detections.parent)
-        recordings = list(zip(rec["recording"], rec["path"]))
-    else:
-        recordings = list(dict.fromkeys(zip(events["recording"], events["recording_path"])))
-    return writer.write_all(events, recordings, dest, meta)
+    return writer.write_all(events, recording_pairs(events, detections.parent), dest, meta)

@@ -232,6 +232,21 @@ def scanned_recordings(scan_dir: str | Path) -> pd.DataFrame:
     return table[table["status"] != "failed"].reset_index(drop=True)
 
 
+def scan_index(scan_dir: str | Path) -> pd.DataFrame | None:
+    """``scanned_recordings`` when ``scan_dir`` holds a recordings.csv, else None: a bare
+    detections.parquet (copied out of its folder) still works where the index is optional."""
+    return scanned_recordings(scan_dir) if (Path(scan_dir) / "recordings.csv").is_file() else None
+
+
+def recording_pairs(events: pd.DataFrame, scan_dir: str | Path) -> list[tuple[str, str]]:
+    """(name, path) of every scanned recording, from the scan's index, or, without one, of every
+    recording that has an event; in order, each once."""
+    table = scan_index(scan_dir)
+    if table is not None:
+        return list(zip(table["recording"].astype(str), table["path"].astype(str)))
+    return list(dict.fromkeys(zip(events["recording"].astype(str), events["recording_path"].astype(str))))
+
+
 def find_recording(events: pd.DataFrame, scan_dir: str | Path, recording: str | Path) -> str:
     """The scan's name (the ``recording`` column) of a file given as a path.
 
@@ -240,12 +255,7 @@ def find_recording(events: pd.DataFrame, scan_dir: str | Path, recording: str | 
     recordings share it. A file the scan never saw is a ValueError, not an empty picture."""
     from .fsutil import printable
 
-    scan_dir = Path(scan_dir)
-    if (scan_dir / "recordings.csv").is_file():
-        table = scanned_recordings(scan_dir)
-        candidates = list(zip(table["recording"].astype(str), table["path"].astype(str)))
-    else:
-        candidates = list(dict.fromkeys(zip(events["recording"].astype(str), events["recording_path"].astype(str))))
+    candidates = recording_pairs(events, scan_dir)
     given = Path(recording)
     wanted = {printable(str(given.absolute())), printable(str(given.resolve()))}
     for rel, path in candidates:
