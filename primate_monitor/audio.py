@@ -9,9 +9,10 @@ so memory does not grow with the recording length (10 h at 48 kHz would be
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,14 @@ MAX_BLOCK_SAMPLES = 1_048_576  # samples over all channels per read: 4 MB as flo
 # soxr "HQ" is what librosa's res_type="soxr_hq" uses; training and scanning
 # must resample identically or the model sees a different spectrum.
 RESAMPLE_QUALITY = "HQ"
+# Resampling is done in segments of RESAMPLE_SEGMENT_SECONDS of output, each by its own soxr
+# call over the segment plus RESAMPLE_CONTEXT_SECONDS of source audio on each side (soxr HQ's
+# filter spans a few ms). A segment is then a function of the file and its index alone, so a
+# reader that starts anywhere (a piece of a long recording, scan_execute.read_span) produces
+# the very same samples as one that starts at frame 0: a continuous soxr stream would not,
+# its FFT blocks fall differently and scores differ by ~1e-7 (issue 10).
+RESAMPLE_SEGMENT_SECONDS = 15.0
+RESAMPLE_CONTEXT_SECONDS = 0.1
 # Extensions libsndfile reads under another name than its format name.
 _FORMAT_ALIASES = {"aiff": ("aif", "aifc"), "ogg": ("oga", "opus"), "ircam": ("sf",)}
 # RAW is header-less: libsndfile cannot open it without being told the layout.
@@ -246,27 +255,113 @@ def stream_audio(
         info = _info(f, path)
         _check_rate_and_channel(path, sample_rate, channel, info.channels)
         _warn_if_truncated(f, path)
-        # cap a block at MAX_BLOCK_SAMPLES so 384 kHz or many channels stay within tens of MB
-        block_frames = max(1, min(round(block_seconds * info.sample_rate), MAX_BLOCK_SAMPLES // info.channels))
-        resampler = None
-        if info.sample_rate != sample_rate:
-            resampler = soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32",
-                                            quality=RESAMPLE_QUALITY)
-        warned = False
-        while True:
+        source = read_mono_blocks(f, path, info, channel, block_seconds)
+        if info.sample_rate == sample_rate:
+            yield from source
+        else:
+            yield from resample_segments(source, ResampleGrid(info.sample_rate, sample_rate), 0)
+
+
+def read_mono_blocks(f: sf.SoundFile, path: str | Path, info: AudioInfo, channel: int | None,
+                     block_seconds: float) -> Iterator[np.ndarray]:
+    """Mono float32 source blocks from the file's current position to its end; non-finite
+    samples become 0. A decode error raises AudioReadError after the blocks before it."""
+    # cap a block at MAX_BLOCK_SAMPLES so 384 kHz or many channels stay within tens of MB
+    block_frames = max(1, min(round(block_seconds * info.sample_rate), MAX_BLOCK_SAMPLES // info.channels))
+    warned = False
+    while True:
+        try:
+            block = f.read(block_frames, dtype="float32", always_2d=True)  # (frames, channels)
+        except sf.LibsndfileError as e:
+            raise AudioReadError(path, "corrupt", f"decode error at frame {f.tell()} ({e})") from e
+        x = _mono(block, channel)
+        warned = _zero_non_finite(x, path, warned)
+        if x.size:
+            yield x
+        if len(block) < block_frames:
+            return
+
+
+@dataclass(frozen=True)
+class ResampleGrid:
+    """The fixed segments a file is resampled in (RESAMPLE_SEGMENT_SECONDS): segment k turns
+    source frames [k * seg_in, (k + 1) * seg_in) into output samples [k * seg_out, ...), read
+    with ``ctx_in`` frames of context on each side. All three are whole multiples of the rate
+    ratio's steps, so every boundary falls on a source frame and an output sample alike."""
+
+    sr_in: int
+    sr_out: int
+
+    @property
+    def steps(self) -> tuple[int, int]:
+        """(source frames, output samples) that span the same time exactly."""
+        g = math.gcd(self.sr_in, self.sr_out)
+        return self.sr_in // g, self.sr_out // g
+
+    @property
+    def seg_out(self) -> int:
+        step_in, step_out = self.steps
+        return max(1, round(RESAMPLE_SEGMENT_SECONDS * self.sr_out / step_out)) * step_out
+
+    @property
+    def seg_in(self) -> int:
+        step_in, step_out = self.steps
+        return self.seg_out // step_out * step_in
+
+    @property
+    def ctx_in(self) -> int:
+        step_in, _ = self.steps
+        return max(1, math.ceil(RESAMPLE_CONTEXT_SECONDS * self.sr_in / step_in)) * step_in
+
+    def source_start(self, segment: int) -> int:
+        """First source frame that segment ``segment`` reads (its left context included)."""
+        return max(0, segment * self.seg_in - self.ctx_in)
+
+
+def resample_segments(blocks: Iterable[np.ndarray], grid: ResampleGrid, first: int) -> Iterator[np.ndarray]:
+    """Resampled output from segment ``first`` on, given mono source ``blocks`` that start at
+    ``grid.source_start(first)``. Yields one array per segment (the last one may be shorter).
+
+    A decode error in ``blocks`` first yields the audio read before it, resampled as the
+    file's end, then is raised: what could be read is not lost."""
+    pending: list[np.ndarray] = []
+    buf_start, have = grid.source_start(first), 0  # pending holds source frames [buf_start, buf_start + have)
+    source = iter(blocks)
+    k, ended = first, False
+    while True:
+        lo, hi = grid.source_start(k), (k + 1) * grid.seg_in + grid.ctx_in
+        error = None
+        while not ended and buf_start + have < hi:
             try:
-                block = f.read(block_frames, dtype="float32", always_2d=True)  # (frames, channels)
-            except sf.LibsndfileError as e:
-                raise AudioReadError(path, "corrupt", f"decode error at frame {f.tell()} ({e})") from e
-            last = len(block) < block_frames
-            x = _mono(block, channel)
-            warned = _zero_non_finite(x, path, warned)
-            if resampler is not None:
-                x = resampler.resample_chunk(x, last=last)
-            if x.size:
-                yield x
-            if last:
-                return
+                block = next(source)
+            except StopIteration:
+                ended = True
+                break
+            except AudioReadError as e:
+                ended, error = True, e
+                break
+            pending.append(block)
+            have += len(block)
+        x = np.concatenate(pending) if len(pending) != 1 else pending[0]
+        seg = x[lo - buf_start:min(hi, buf_start + have) - buf_start]
+        if seg.size == 0:
+            if error is not None:
+                raise error
+            return
+        y = soxr.resample(seg, grid.sr_in, grid.sr_out, quality=RESAMPLE_QUALITY)
+        drop = (k * grid.seg_in - lo) // grid.steps[0] * grid.steps[1]
+        last = ended and (error is not None or buf_start + have <= (k + 1) * grid.seg_in)
+        out = y[drop:] if last else y[drop:drop + grid.seg_out]
+        if out.size:
+            yield np.ascontiguousarray(out, dtype=np.float32)
+        if error is not None:
+            raise error
+        if last:
+            return
+        k += 1
+        keep_from = grid.source_start(k)
+        x = x[keep_from - buf_start:].copy()  # the next segment's left context, not the whole buffer
+        pending, buf_start, have = [x], keep_from, len(x)
 
 
 def _is_hidden(name: str) -> bool:

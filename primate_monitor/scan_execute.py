@@ -16,10 +16,10 @@ what it committed.
 
 A long recording can be cut into *pieces* (``plan_pieces``) so that one 24-hour file keeps many
 workers busy. A piece scores the windows whose start falls in its range; it reads the audio
-those windows need plus the context the scorer needs at both edges (and, when resampling, a
-second of pre-roll so the resampler has settled), cut on the scorer's own grid. The pieces'
-scores are concatenated before events are built, so a split scan equals an unsplit one up to
-float rounding (tests/test_executors.py).
+those windows need plus the context the scorer needs at both edges, cut on the scorer's own
+grid; resampled audio comes in fixed segments (``audio.ResampleGrid``) that a piece computes
+exactly as the whole-file reader does. The pieces' scores are concatenated before events are
+built, so a split scan equals an unsplit one exactly (tests/test_executors.py).
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from .windows import window_starts
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("serial", "processes", "dask")
-PREROLL_SECONDS = 1.0  # source audio read before a piece when resampling; soxr settles within a few ms
 # formats whose seek is sample-accurate in libsndfile; other files are never split
 SPLITTABLE_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "CAF", "FLAC"})
 
@@ -252,13 +251,10 @@ def plan_pieces(rec: Recording, model: LoadedModel, config: ScanConfig, piece_se
 
 def read_span(path: Path, sample_rate: int, channel: int | None, block_seconds: float, start: int,
               stop: int | None) -> Iterator[np.ndarray]:
-    """Model-rate mono blocks of samples [start, stop) of ``path`` (stop None: to the end), equal
-    to the same samples of ``audio.stream_audio`` up to float rounding: the file is sought to a
-    source frame that falls on an output sample, ``PREROLL_SECONDS`` early when resampling,
-    and the pre-roll is dropped. ``start == 0`` reads exactly as stream_audio does."""
-    import soundfile as sf
-    import soxr
-
+    """Model-rate mono blocks of samples [start, stop) of ``path`` (stop None: to the end),
+    exactly the same samples as ``audio.stream_audio`` gives there: the file is sought to the
+    start of the resampling segment that holds ``start`` (``audio.ResampleGrid``, left context
+    included), so every segment is resampled from the same source frames either way."""
     from . import audio
 
     if start == 0 and stop is None:
@@ -267,31 +263,20 @@ def read_span(path: Path, sample_rate: int, channel: int | None, block_seconds: 
     with audio._open(path) as f:
         info = audio._info(f, path)
         audio._check_rate_and_channel(path, sample_rate, channel, info.channels)
-        sr_in = info.sample_rate
-        g = math.gcd(sr_in, sample_rate)
-        step_in, step_out = sr_in // g, sample_rate // g  # step_in source frames make step_out output samples
-        preroll = 0 if sr_in == sample_rate else round(PREROLL_SECONDS * sr_in)
-        k = max(0, math.floor((start * sr_in / sample_rate - preroll) / step_in))
-        source_from, drop = k * step_in, start - k * step_out
+        if info.sample_rate == sample_rate:
+            source_from, drop = start, 0
+        else:
+            grid = audio.ResampleGrid(info.sample_rate, sample_rate)
+            first = start // grid.seg_out
+            source_from, drop = grid.source_start(first), start - first * grid.seg_out
         if source_from >= info.frames:
             return
         f.seek(source_from)
-        block_frames = max(1, min(round(block_seconds * sr_in), audio.MAX_BLOCK_SAMPLES // info.channels))
-        resampler = None
-        if sr_in != sample_rate:
-            resampler = soxr.ResampleStream(sr_in, sample_rate, 1, dtype="float32", quality=audio.RESAMPLE_QUALITY)
+        blocks = audio.read_mono_blocks(f, path, info, channel, block_seconds)
+        if info.sample_rate != sample_rate:
+            blocks = audio.resample_segments(blocks, grid, first)
         wanted = None if stop is None else stop - start
-        warned = False
-        while wanted is None or wanted > 0:
-            try:
-                block = f.read(block_frames, dtype="float32", always_2d=True)
-            except sf.LibsndfileError as e:
-                raise AudioReadError(path, "corrupt", f"decode error at frame {f.tell()} ({e})") from e
-            last = len(block) < block_frames
-            x = audio._mono(block, channel)
-            warned = audio._zero_non_finite(x, path, warned)
-            if resampler is not None:
-                x = resampler.resample_chunk(x, last=last)
+        for x in blocks:
             if drop:
                 cut = min(drop, len(x))
                 x, drop = x[cut:], drop - cut
@@ -300,7 +285,7 @@ def read_span(path: Path, sample_rate: int, channel: int | None, block_seconds: 
                 wanted -= len(x)
             if x.size:
                 yield x
-            if last:
+            if wanted is not None and wanted <= 0:
                 return
 
 

@@ -140,7 +140,10 @@ def test_non_finite_samples_become_zero_with_one_warning(tmp_path: Path, caplog:
     assert sum("non-finite" in r.message for r in caplog.records) == 2
 
 
-def test_stream_equals_whole_file_resampling(stereo_wav: Path) -> None:
+def test_stream_equals_whole_file_resampling(stereo_wav: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from primate_monitor import audio
+
+    monkeypatch.setattr(audio, "RESAMPLE_SEGMENT_SECONDS", 0.3)  # resampled output comes one segment at a time
     whole = load_audio(stereo_wav, SR_OUT)
     blocks = list(stream_audio(stereo_wav, SR_OUT, block_seconds=0.37))
     assert len(blocks) > 5
