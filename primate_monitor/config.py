@@ -66,6 +66,7 @@ class TrainConfig:
     skip_bad: bool = False  # skip unreadable clips (listed in the output) instead of failing
     cache_dir: str | None = None  # decoded-audio cache; None means OUT/cache
     workers: int = 1  # processes for decoding clips
+    init_from: str | None = None  # checkpoint whose weights start the run (fine-tuning); None: random
 
     def __post_init__(self) -> None:
         checks = [
@@ -137,6 +138,7 @@ KEY_HELP: dict[str, str] = {
     "eval_every": "validate on the devel split every this many steps",
     "eval_hop_seconds": "hop of the windows over a devel clip longer than clip_seconds, s",
     "log_every": "steps between progress-bar updates",
+    "init_from": "checkpoint (.safetensors) whose weights start training, e.g. to fine-tune with hard negatives; same model, classes and sample rate; default: random weights",
     "seed": "random seed (initial weights, sampler, augmentation, devel hold-out)",
     "device": "auto (CUDA when available), cpu or cuda",
     "data_format": "layout of DATA: auto, compare (lab/*.csv), folders (one per class) or raven",

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .augment import mixup, specaugment
-from .checkpoint import CheckpointError, ModelInfo, save_checkpoint
+from .checkpoint import CheckpointError, ModelInfo, fit_weights, read_metadata, read_tensors, save_checkpoint
 from .clipaudio import decode_clips, pad_train
 from .config import RUN_OPTIONS, TrainConfig
 from .data import Clip, DataError, add_reviewed, check_classes, load_splits, summarize
@@ -96,6 +96,21 @@ def make_batch(data: LabelledAudio, idx: np.ndarray, clip_samples: int, rng: np.
                                       for i in idx]).astype(np.float32))
 
 
+def init_weights(model: torch.nn.Module, path: str | Path, config: TrainConfig, classes: list[str]) -> None:
+    """Start from a checkpoint's weights (fine-tuning, e.g. a round of hard negatives) instead
+    of random ones. The checkpoint must be the same network for the same classes at the same
+    rate: anything else would silently learn a different task, so it is refused."""
+    meta = read_metadata(path)
+    theirs = {"model": meta.get("model"), "classes": list(meta.get("classes", [])),
+              "sample_rate": (meta.get("frontend") or {}).get("sample_rate")}
+    ours = {"model": config.model, "classes": list(classes), "sample_rate": config.sample_rate}
+    differ = [f"{k} {theirs[k]!r} (this run: {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
+    if differ:
+        raise CheckpointError(f"{path}: init_from checkpoint does not match this run: {'; '.join(differ)}")
+    fit_weights(model, read_tensors(path), path)
+    logger.info("starting from the weights of %s", path)
+
+
 class Trainer:
     """Holds the state of one run; ``run()`` is the loop."""
 
@@ -129,7 +144,10 @@ class Trainer:
         self.summary = summarize({config.train_split: self.train_data.clips, config.devel_split: self.devel_data.clips})
         self.frontend_config = FrontEndConfig(sample_rate=config.sample_rate)
         self.frontend = LogMel(self.frontend_config).to(self.device)
-        self.model = create_model(config.model, len(self.classes)).to(self.device)
+        self.model = create_model(config.model, len(self.classes))
+        if config.init_from:
+            init_weights(self.model, config.init_from, config, self.classes)
+        self.model = self.model.to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, amsgrad=config.amsgrad)
@@ -186,7 +204,9 @@ class Trainer:
 
         return fn, box
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimisation step; returns the loss as a 0-d tensor on the device, so that the
+        loop does not wait for the GPU every step (``run`` reads the losses when it logs)."""
         idx = self.sampler.draw(self.config.batch_size)
         wave = make_batch(self.train_data, idx, self.clip_samples, self.rng, self.config.padding).to(self.device, non_blocking=True)
         labels = torch.from_numpy(self.train_data.labels[idx]).to(self.device)
@@ -209,7 +229,7 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, self.step)
-        return float(loss.detach())
+        return loss.detach()
 
     # ---- validation and checkpoints ----------------------------------------------------
     @property
@@ -304,14 +324,18 @@ class Trainer:
         c = self.config
         log_rows = self._earlier_log_rows()
         bar = tqdm(total=c.iterations, initial=self.step, desc="train", unit="it", disable=not progress)
-        start, losses = time.time(), []
+        start, losses, pending = time.time(), [], []
         try:
             while self.step < c.iterations:
-                losses.append(self.train_step())
+                pending.append(self.train_step())
                 bar.update(1)
+                due_eval = self.step % c.eval_every == 0 or self.step == c.iterations
+                if self.step % c.log_every == 0 or due_eval:  # one device sync per log, not per step
+                    losses += torch.stack(pending).float().cpu().tolist()
+                    pending.clear()
                 if self.step % c.log_every == 0:
                     bar.set_postfix(loss=f"{np.mean(losses[-c.log_every:]):.4f}", best_uar=f"{max(self.best_uar, 0):.3f}")
-                if self.step % c.eval_every == 0 or self.step == c.iterations:
+                if due_eval:
                     results = self.validate()
                     self.keep_best(results)
                     ema = results.get("ema", {})
