@@ -90,7 +90,7 @@ def test_twenty_training_iterations_on_cuda(tmp_path):
                          ["device=cuda", "iterations=20", "eval_every=20", "ema_start=0", f"cache_dir={tmp_path / 'cache'}"])
     trainer = Trainer(ROOT / "sample_data" / "clips", tmp_path / "run", config)
     assert trainer.device.type == "cuda"
-    losses = [trainer.train_step() for _ in range(config.iterations)]
+    losses = [float(trainer.train_step()) for _ in range(config.iterations)]
     print(f"\nlosses: first {losses[0]:.4f}, last {losses[-1]:.4f}")
     assert np.isfinite(losses).all()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

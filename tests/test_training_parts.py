@@ -220,6 +220,22 @@ def test_ema_copies_before_start_then_averages():
     assert int(dict(ema.model.named_buffers())["1.num_batches_tracked"]) == 3
 
 
+def test_fused_ema_update_equals_the_per_parameter_loop():
+    """EMA.update uses torch._foreach_*: bit for bit what shadow.mul_(d).add_(w, alpha=1 - d) gives."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.Linear(6, 3))
+    ema = EMA(model, decay=0.995, start=2)
+    reference = [p.detach().clone() for p in model.parameters()]
+    for step in range(1, 6):
+        _perturb(model, step)
+        ema.update(model, step)
+        decay = 0.995 if step >= 2 else 0.0
+        for r, w in zip(reference, model.parameters()):
+            r.mul_(decay).add_(w.detach(), alpha=1.0 - decay)
+        for a, r in zip(ema.model.parameters(), reference):
+            assert torch.equal(a, r)
+
+
 def test_ema_model_is_independent_and_in_eval_mode():
     model = nn.Linear(2, 2)
     ema = EMA(model, decay=0.5, start=0)
