@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -165,9 +166,9 @@ class ScanRun:
         todo, done_before = self.todo()
         if done_before:
             logger.info("resuming: %d of %d recordings already done in %s", done_before, len(self.recordings), self.out)
-        total_h = sum(_duration_or_zero(r.path) for r in todo) / 3600
-        bar = tqdm(total=total_h, unit="h", desc="scan", disable=not progress,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}{postfix}]")
+        total = AudioTotal([r.path for r in todo])  # probed beside the scan: the first file starts at once
+        bar = tqdm(total=None, unit="h", desc="scan", disable=not progress,
+                   bar_format="{desc}: {n:.2f} h audio [{elapsed}{postfix}]")
         tasks = self.tasks(todo)
         if len(tasks) > len(todo):
             logger.info("%d recording(s) split into pieces: %d tasks", sum(t.piece is not None and t.piece.index == 0
@@ -177,7 +178,11 @@ class ScanRun:
         t0 = time.perf_counter()
         try:
             with self.open_executor() as executor:
-                for result in executor.run(tasks, lambda seconds: bar.update(seconds / 3600)):
+                def advance(seconds: float) -> None:
+                    bar.update(seconds / 3600)
+                    total.show_on(bar)
+
+                for result in executor.run(tasks, advance):
                     if isinstance(result, PieceScores):
                         parts = pieces.add(result)
                         if parts is None:
@@ -189,8 +194,43 @@ class ScanRun:
                     bar.set_postfix_str(f"{finished}/{len(todo)} files, "
                                         f"{bar.n * 3600 / max(elapsed, 1e-9):.0f}x real time")
         finally:
+            total.stop()
             bar.close()
         return finalize(self.state, time.perf_counter() - t0, done_before)
+
+
+class AudioTotal:
+    """Hours of audio to scan, summed from the files' headers in a background thread.
+
+    Why: the progress bar needs a total, but reading every header first (a million files on
+    network storage) would hold the scan back for as long; the bar shows hours done until the
+    total is known, then percent and time left."""
+
+    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}{postfix}]"
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.hours: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sum, args=(paths,), name="audio-total", daemon=True)
+        self._thread.start()
+
+    def _sum(self, paths: list[Path]) -> None:
+        seconds = 0.0
+        for path in paths:
+            if self._stop.is_set():
+                return
+            seconds += _duration_or_zero(path)
+        self.hours = seconds / 3600
+
+    def show_on(self, bar: tqdm) -> None:
+        """Give ``bar`` the total once it is known (once)."""
+        if self.hours is not None and bar.total is None:
+            bar.total = max(self.hours, bar.n)
+            bar.bar_format = self.BAR_FORMAT
+            bar.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def printable_path(path: str | Path) -> str:

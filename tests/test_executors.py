@@ -235,3 +235,30 @@ def test_cli_rejects_a_bad_cluster(corpus, tiny_checkpoint, tmp_path):
     result = CliRunner().invoke(main, ["scan", str(corpus), "-o", str(out), "--model", str(tiny_checkpoint),
                                        "--cluster", "local:2", "--executor", "processes"])
     assert result.exit_code == EXIT_USAGE and "dask" in result.output
+
+
+def test_scan_starts_before_the_headers_are_summed(corpus, tiny_checkpoint, serial_out, tmp_path, monkeypatch):
+    """The progress total is read from every file's header in a background thread: the first
+    recording is committed while that thread is still held up (a million files on network
+    storage must not hold the scan back), and the outputs are unchanged."""
+    from primate_monitor import scan_run as scan_run_module
+
+    committed, order = threading.Event(), []
+    real_duration, real_commit = scan_run_module._duration_or_zero, ScanRun.commit
+
+    def slow_duration(path):
+        committed.wait(timeout=30)
+        order.append("probe")
+        return real_duration(path)
+
+    def commit(self, result):
+        real_commit(self, result)
+        order.append("commit")
+        committed.set()
+
+    monkeypatch.setattr(scan_run_module, "_duration_or_zero", slow_duration)
+    monkeypatch.setattr(ScanRun, "commit", commit)
+    out = tmp_path / "out"
+    scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=True)
+    assert order[0] == "commit"
+    assert_same(out, serial_out)
