@@ -338,10 +338,9 @@ def evaluate_events_cmd(detections: Path, truth: tuple[Path, ...], label_column:
     click.echo(f"{len(result['recordings'])} recordings with truth, {result['audio_hours']:.3f} h of audio; "
                f"rule: {result['rule']}")
     if out is not None:
-        from .fsutil import atomic_write
+        from .fsutil import write_json
 
-        with atomic_write(out) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out, result)
 
 
 @main.command()

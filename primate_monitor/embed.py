@@ -48,7 +48,7 @@ from .data import UNLABELLED, Clip, DataError, detect_format, load_splits
 from .devices import autocast
 from .evaluate import model_padding
 from .frontend import LogMel
-from .fsutil import atomic_write, ensure_output_dir, write_csv
+from .fsutil import atomic_write, ensure_output_dir, write_csv, write_json
 from .inference import ExactScorer, SampleBuffer, WindowScores
 from .windows import hop_samples
 
@@ -302,8 +302,7 @@ class EmbedRun:
             raise EmbedError(f"{self.out / EMBEDDINGS_FILE} exists but was not made by a resumable run here; "
                              "use --overwrite or another -o")
         self.state.mkdir(parents=True, exist_ok=True)
-        with atomic_write(params_path) as tmp:
-            tmp.write_text(json.dumps({"params": self.params(), "started": _now()}, indent=2, sort_keys=True))
+        write_json(params_path, {"params": self.params(), "started": _now()}, sort_keys=True)
 
     def _record(self, part: Part) -> dict[str, Any] | None:
         path = self.state / f"{part.key}.json"
@@ -314,8 +313,7 @@ class EmbedRun:
         if table is not None:
             with atomic_write(self.state / f"{part.key}.parquet") as tmp:
                 pq.write_table(table, tmp)
-        with atomic_write(self.state / f"{part.key}.json") as tmp:
-            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        write_json(self.state / f"{part.key}.json", record, sort_keys=True)
 
     # work -----------------------------------------------------------------------------
 

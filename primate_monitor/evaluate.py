@@ -7,7 +7,6 @@ shorter clip is padded to one window by the rule the model was trained with (``p
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from .clipaudio import decode_clips, model_padding  # model_padding: also import
 from .config import TrainConfig, from_dict
 from .data import UNLABELLED, DataError, load_splits
 from .frontend import LogMel
-from .fsutil import atomic_write, ensure_output_dir, write_csv
+from .fsutil import ensure_output_dir, write_csv, write_json
 from .metrics import classification_metrics
 from .plots import plot_confusion
 from .predict import score_clips
@@ -82,8 +81,7 @@ def evaluate(
                        len(info.classes) - len(metrics["classes_without_support"]), len(info.classes))
     metrics |= {"split": split, "checkpoint": str(model.path), "model": model.name, "hop_seconds": hop_seconds,
                 "skipped": len(failed)}
-    with atomic_write(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     cm = pd.DataFrame(metrics["confusion"], index=pd.Index(info.classes, name="true"), columns=list(info.classes))
     write_csv(cm, out / "confusion_matrix.csv", index=True)
     plot_confusion(np.array(metrics["confusion"]), list(info.classes), out / "confusion_matrix.png",

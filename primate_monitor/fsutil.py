@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import unicodedata
 import uuid
@@ -49,6 +50,15 @@ def write_csv(frame: "pd.DataFrame", path: str | Path, index: bool = False) -> N
     """A DataFrame as CSV, written atomically."""
     with atomic_write(path) as tmp:
         frame.to_csv(tmp, index=index)
+
+
+def write_json(path: str | Path, value: object, sort_keys: bool = False) -> None:
+    """``value`` as indented JSON (UTF-8, one trailing newline), written atomically: every JSON
+    file the tool writes (run.json, metrics, review.json, scan and embed state) goes through
+    here, so they share one format. Values JSON does not know (dates, paths) are written as
+    text."""
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(value, indent=2, sort_keys=sort_keys, default=str) + "\n", encoding="utf-8")
 
 
 class OutputDirError(ValueError):

@@ -25,7 +25,6 @@ into the layer's weights, so the checkpoint needs no extra step.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from . import __version__
 from .checkpoint import CheckpointError, ModelInfo, file_sha256, read_metadata, read_tensors, save_checkpoint
 from .data import DataError
 from .embed import read_embeddings
-from .fsutil import atomic_write, ensure_output_dir, write_csv
+from .fsutil import ensure_output_dir, write_csv, write_json
 from .metrics import classification_metrics
 from .models import create_model
 
@@ -224,8 +223,7 @@ def _report(probe: LinearProbe, rows: pd.DataFrame, x: np.ndarray, out: Path, sp
     for k, name in enumerate(probe.classes):
         predictions[f"score_{name}"] = np.round(scores[:, k], 6)
     write_csv(predictions, out / "predictions.csv")
-    with atomic_write(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     cm = pd.DataFrame(metrics["confusion"], index=pd.Index(probe.classes, name="true"), columns=probe.classes)
     write_csv(cm, out / "confusion_matrix.csv", index=True)
     plot_confusion(np.array(metrics["confusion"]), probe.classes, out / "confusion_matrix.png",

@@ -26,7 +26,6 @@ Verdict tables are read back by ``read_review_tables`` (calibrate, ``train --add
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import zlib
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .fsutil import atomic_write, ensure_output_dir, printable, safe_relative, write_csv
+from .fsutil import atomic_write, ensure_output_dir, printable, safe_relative, write_csv, write_json
 from .raven import read_selection_table
 from .writers import RAVEN_CHANNEL, RAVEN_HEADER, RAVEN_VIEW
 
@@ -223,8 +222,7 @@ def review_scan(scan_dir: str | Path, out: str | Path, options: ReviewOptions | 
     info = {"scan": str(scan_dir.resolve()), "options": asdict(options), "floors": floors,
             "detections": {str(k): int(v) for k, v in events["species"].value_counts().sort_index().items()},
             "chosen": {str(k): int(v) for k, v in chosen["species"].value_counts().sort_index().items()}}
-    with atomic_write(out / "review.json") as tmp:
-        tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "review.json", info)
     if unreadable:
         logger.warning("%d chosen detection(s) have no clip: their recording could not be read", unreadable)
     return ReviewResult(out, chosen[columns], tables, sheets, unreadable)

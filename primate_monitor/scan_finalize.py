@@ -8,7 +8,6 @@ failures.csv and run.json. ``detect`` calls it too, after rewriting the events.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .fsutil import atomic_write, write_csv
+from .fsutil import write_csv, write_json
 from .scan_plan import ScanError
 from .scan_state import ScanState, now
 from .writers import EVENT_COLUMNS, get_writer, read_parquet, write_parquet
@@ -102,5 +101,4 @@ def _write_run_json(state: ScanState, summary: ScanSummary, table: pd.DataFrame,
                       "processing_seconds": round(summary.processing_seconds, 3),
                       "times_real_time": round(summary.times_real_time, 1),
                       "resumed_recordings": summary.skipped_done}}
-    with atomic_write(state.out / "run.json") as tmp:
-        tmp.write_text(json.dumps(run, indent=2) + "\n")
+    write_json(state.out / "run.json", run)

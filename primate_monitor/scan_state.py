@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from .fsutil import atomic_write, safe_relative
+from .fsutil import atomic_write, safe_relative, write_json
 from .scan_plan import Recording, ScanError
 from .writers import get_writer, write_parquet
 
@@ -42,8 +42,7 @@ def now() -> str:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+    write_json(path, value, sort_keys=True)
 
 
 def _unlink(path: Path) -> None:

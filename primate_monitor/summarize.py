@@ -21,7 +21,6 @@ was scanned) and ``SCAN_OUT/detections.parquet``. Rules, stated once:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .fsutil import atomic_write, ensure_output_dir
+from .fsutil import atomic_write, ensure_output_dir, write_json
 from .writers import METADATA_KEY, read_parquet
 
 logger = logging.getLogger(__name__)
@@ -309,8 +308,7 @@ def write_summary(summary: Summary, out_dir: str | Path) -> list[Path]:
         _write_csv(frame, out / name)
         written.append(out / name)
     written.append(plot_diel(summary.diel, out / "diel_activity.png", summary.info["local_time"]))
-    with atomic_write(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary.info, indent=2, default=str) + "\n")
+    write_json(out / "summary.json", summary.info)
     written.append(out / "summary.json")
     return written
 
