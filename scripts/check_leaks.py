@@ -25,6 +25,7 @@ Exit status 1 when shared audio or a shared original recording is found, 0 other
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from dataclasses import dataclass
@@ -71,13 +72,23 @@ def chunk_ncc(chunk: np.ndarray, target: np.ndarray, cum_sq: np.ndarray, cum: np
     return lag, float(ncc[lag])
 
 
+@functools.lru_cache(maxsize=64)
+def _audio(path: Path) -> np.ndarray:
+    """8 kHz mono float64, cached: every held-out file meets every training file."""
+    return load_audio(path, RATE).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=256)
+def _with_sums(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y = _audio(path)
+    return y, np.concatenate(([0.0], np.cumsum(y))), np.concatenate(([0.0], np.cumsum(y * y)))
+
+
 def shared_spans(held: Path, train: Path, min_ncc: float = 0.95, min_seconds: float = 1.0,
                  chunk_s: float = 1.0, hop_s: float = 0.5) -> list[Span]:
     """Stretches of ``held`` that reappear in ``train`` (NCC >= min_ncc over >= min_seconds)."""
-    x = load_audio(held, RATE).astype(np.float64)
-    y = load_audio(train, RATE).astype(np.float64)
-    cum = np.concatenate(([0.0], np.cumsum(y)))
-    cum_sq = np.concatenate(([0.0], np.cumsum(y * y)))
+    x = _audio(held)
+    y, cum, cum_sq = _with_sums(train)
     n, hop = int(chunk_s * RATE), int(hop_s * RATE)
     hits = []  # (chunk start, offset train - held, ncc)
     for start in range(0, max(0, x.size - n) + 1, hop):
@@ -125,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-list", action="append", default=[], help="text file, one training path per line")
     parser.add_argument("--min-ncc", type=float, default=0.95)
     parser.add_argument("--min-seconds", type=float, default=1.0)
+    parser.add_argument("--hop", type=float, default=0.5,
+                        help="s between held-out chunk starts; a larger hop screens faster but only finds "
+                             "shared spans of at least hop + 1 s")
     args = parser.parse_args(argv)
     held, train = _paths(args.held_out, args.held_out_list), _paths(args.train, args.train_list)
     if not held or not train:
@@ -132,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     found = 0
     for h in held:
         for t in train:
-            for span in shared_spans(h, t, args.min_ncc, args.min_seconds):
+            for span in shared_spans(h, t, args.min_ncc, args.min_seconds, hop_s=args.hop):
                 found += 1
                 print(f"SHARED AUDIO {span.seconds:.2f} s (peak NCC {span.peak_ncc:.4f}): held-out {h.name} "
                       f"{span.held_start_s:.2f}-{span.held_end_s:.2f} s = training {t.name} "

@@ -10,9 +10,12 @@ The split is by source recording: a recording named in HELD_OUT_* is used only
 for devel/test/recordings, every other recording only for train. Output is
 deterministic (fixed seeds, one RNG per item), so two runs give identical bytes.
 
+The bundled demo model's training data is built by scripts/make_demo_data.py, which
+reuses the mixing helpers here under its own split.
+
 Usage (paths relative to the repository root):
     python scripts/make_sample_data.py --shared ../shared/data --out sample_data \
-        --scratch /work/scratch/demo_data --fixtures tests/fixtures
+        --fixtures tests/fixtures
 """
 from __future__ import annotations
 
@@ -51,8 +54,8 @@ HELD_OUT_OTHER = ("GreatArgus_4",)
 # Field recordings with a primate calling in a known stretch (begin s, end s), marked by
 # us from the spectrogram; the authors' metadata says which species is audible. They add
 # a second, real-field source for a class with few focal recordings (one training howler
-# template). Used for the scratch training set only. PUMA_2014-02-07_074500.wav (titi
-# duet) is deliberately left unused, so it stays an unseen field test for the demo model.
+# template). Used for the demo model's training set only (scripts/make_demo_data.py), never
+# in sample_data. PUMA_2014-02-07_074500.wav (titi duet) is a field test there.
 FIELD_CALLS: dict[str, tuple[tuple[str, float, float], ...]] = {
     "howler_monkey": (("backgrounds/ecuador_amazon/HARPIA_2014-02-04_061500.wav", 1.0, 40.0),),
 }
@@ -85,10 +88,8 @@ CLIPS_PER_CLASS = {"train": 6, "devel": 3}
 TEST_CLIPS_PER_CLASS = 1      # unlabelled test split, one held-out clip per class
 CLIP_SR_CYCLE_HZ = (16_000, 8_000, 8_000, 8_000)  # 1 in 4 clips at 16 kHz: keeps sample_data < 10 MB
 
-# --- scratch demo-model training set ----------------------------------------------
+# --- mixing of the demo model's training clips (used by scripts/make_demo_data.py) ------
 SCRATCH_SR_HZ = 8_000
-SCRATCH_COUNTS = {"train": {"background": 700, **{c: 500 for c in PRIMATES}},
-                  "devel": {c: 40 for c in CLASSES}}
 SCRATCH_SNR_DB = (-3.0, 20.0)
 SCRATCH_GAIN_DB = (-20.0, 0.0)
 OTHER_SNR_DB = (0.0, 15.0)     # argus-over-forest background clips
@@ -304,7 +305,7 @@ def write_labels(path: Path, rows: list[tuple[str, str]]) -> None:
 
 
 # ============================================================================
-# scratch training set (demo model)
+# helpers for the demo model's training clips (scripts/make_demo_data.py)
 # ============================================================================
 def place_in_window(call: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Zero-pad a short call into an n-sample window at a random offset."""
@@ -333,81 +334,10 @@ def field_call_window(field: tuple[Path, float, float], sr: int, n: int,
     return crop(x, n, rng)
 
 
-def primate_example(label: str, split: str, src: dict, rng: np.random.Generator) -> np.ndarray:
-    """A 3 s call window mixed into a random forest crop at random SNR and level.
-
-    Training examples draw uniformly over the class's sources: the train focal
-    recordings plus any marked field stretches (FIELD_CALLS).
-    """
-    sr, n = SCRATCH_SR_HZ, int(WINDOW_S * SCRATCH_SR_HZ)
-    focal = src[(label, split)]
-    field = src[(label, "field")] if split == "train" else []
-    pick = int(rng.integers(len(focal) + len(field)))
-    if pick < len(focal):
-        path = focal[pick]
-        window = random_call_window(path, sr, n, rng)
-        if split == "train" and has_insect_chorus(path) and rng.random() < CHIMP_LOWPASS_P:
-            window = split_band(window, sr, low=True)
-        call, off = place_in_window(window, n, rng)
-        call_len = min(n, len(load(path, sr)))
-    else:
-        call, off, call_len = field_call_window(field[pick - len(focal)], sr, n, rng), 0, n
-    bg_path = src[("forest", split)][int(rng.integers(len(src[("forest", split)])))]
-    bg = crop(load(bg_path, sr), n, rng)
-    seg = slice(off, off + call_len)
-    g = gain_for_snr(call[seg], bg[seg], sr, float(rng.uniform(*SCRATCH_SNR_DB)), label)
-    return normalise_level(bg + g * call, rng)
-
-
-def background_example(split: str, src: dict, rng: np.random.Generator) -> np.ndarray:
-    """Forest crop, other-animal crop, or argus/spinetail over forest, at a random level.
-
-    In training, some are instead the chimpanzee clips' insect chorus (calls filtered out)
-    over forest: see INSECT_BACKGROUND_P.
-    """
-    sr, n = SCRATCH_SR_HZ, int(WINDOW_S * SCRATCH_SR_HZ)
-    forest, other = src[("forest", split)], src[("other", split)]
-    kind = rng.choice(3, p=(0.5, 0.25, 0.25))
-    bg = crop(load(forest[int(rng.integers(len(forest)))], sr), n, rng)
-    if split == "train" and rng.random() < INSECT_BACKGROUND_P:
-        insect = [p for p in src[("chimpanzee", split)] if has_insect_chorus(p)]
-        chorus = split_band(crop(load(insect[int(rng.integers(len(insect)))], sr), n, rng), sr, low=False)
-        g = gain_for_snr(chorus, bg, sr, float(rng.uniform(*OTHER_SNR_DB)))
-        return normalise_level(bg + g * chorus, rng)
-    if kind == 0:
-        return normalise_level(bg, rng)
-    animal = random_call_window(other[int(rng.integers(len(other)))], sr, n, rng)
-    if kind == 1:
-        return normalise_level(animal, rng)
-    g = gain_for_snr(animal, bg, sr, float(rng.uniform(*OTHER_SNR_DB)))
-    return normalise_level(bg + g * animal, rng)
-
-
 def normalise_level(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Peak-normalise to -1 dBFS, then apply the random overall gain."""
     peak = float(np.max(np.abs(x))) + 1e-9
     return x * (PEAK_LIMIT / peak) * db_gain(float(rng.uniform(*SCRATCH_GAIN_DB)))
-
-
-def build_scratch(src: dict, out: Path) -> int:
-    """Write the 8 kHz ComParE-layout demo training set; one RNG per clip for determinism."""
-    reset_dirs(out / "wav", out / "lab")
-    total = 0
-    for s_idx, split in enumerate(("train", "devel")):
-        labels = [c for c in CLASSES for _ in range(SCRATCH_COUNTS[split][c])]
-        np.random.default_rng([SEED, 1, s_idx]).shuffle(labels)
-        split_src = "train" if split == "train" else "held"
-        rows = []
-        for i, label in enumerate(labels):
-            rng = np.random.default_rng([SEED, 2, s_idx, i])
-            x = (background_example(split_src, src, rng) if label == "background"
-                 else primate_example(label, split_src, src, rng))
-            name = f"{split}_{i + 1:05d}.wav"
-            write_audio(out / "wav" / name, x, SCRATCH_SR_HZ)
-            rows.append((name, label))
-        write_labels(out / "lab" / f"{split}.csv", rows)
-        total += len(rows)
-    return total
 
 
 # ============================================================================
@@ -679,10 +609,9 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default="../shared/data", help="read-only source data")
     ap.add_argument("--out", default="sample_data", help="sample data folder (committed)")
-    ap.add_argument("--scratch", default="/work/scratch/demo_data", help="demo training set")
     ap.add_argument("--fixtures", default="tests/fixtures", help="unit-test fixtures")
     args = ap.parse_args()
-    for key in ("shared", "out", "scratch", "fixtures"):
+    for key in ("shared", "out", "fixtures"):
         setattr(args, key, (REPO_ROOT / getattr(args, key)).resolve())
     return args
 
@@ -697,10 +626,9 @@ def main() -> None:
     recs = build_recordings(src, args.out / "recordings")
     copy_licenses(args.shared, args.out / "licenses")
     fix_truth = build_fixtures(src, args.fixtures)
-    n_scratch = build_scratch(src, args.scratch)
     lines = [f"sample_data: {len(clips)} clips, {len(recs)} recordings, "
              f"{folder_bytes(args.out) / 1e6:.2f} MB; fixtures {folder_bytes(args.fixtures) / 1e3:.0f} kB; "
-             f"scratch {n_scratch} clips; {time.perf_counter() - t0:.1f} s"]
+             f"{time.perf_counter() - t0:.1f} s"]
     for name, events in list(recs.items()) + [("fixture 20240312_053000.wav", fix_truth)]:
         lines.append(name)
         lines += [f"  {e['begin']:7.3f}-{e['end']:7.3f} s  {e['label']:<14} "
