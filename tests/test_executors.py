@@ -5,7 +5,10 @@ the unsplit one."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import pickle
 import signal
 import threading
@@ -261,4 +264,54 @@ def test_scan_starts_before_the_headers_are_summed(corpus, tiny_checkpoint, seri
     out = tmp_path / "out"
     scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=True)
     assert order[0] == "commit"
+    assert_same(out, serial_out)
+
+
+CLIENT_SCRIPT = """
+import sys, time
+from primate_monitor import scan_run
+real_commit = scan_run.ScanRun.commit
+def slow_commit(self, result):  # a slow client, so that the kill lands mid-run
+    real_commit(self, result)
+    time.sleep(0.4)
+scan_run.ScanRun.commit = slow_commit
+from primate_monitor.cli import main
+main(sys.argv[1:])
+"""
+
+
+def ok_records(state: ScanState) -> int:
+    records = [state.record(k) for k in state.keys()]
+    return sum(r is not None and r["status"] != "failed" for r in records)
+
+
+def test_client_killed_mid_run_resumes(corpus, tiny_checkpoint, serial_out, tmp_path):
+    """The scan's client process (and its LocalCluster workers) SIGKILLed after two scanned files: the
+    same command resumes from what was committed, and the outputs equal the serial scan."""
+    out = tmp_path / "out"
+    args = [str(corpus), "-o", str(out), "--model", str(tiny_checkpoint), "--hop", "1", "--mode", "fast",
+            "--save-window-scores", "--device", "cpu", "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, "scan", *args, "--executor", "dask",
+                             "--cluster", "local:2"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = ScanState(out)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.dir.is_dir() and ok_records(state) >= 2:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the scan ended before it could be killed: {proc.stderr.read()!r}"
+        os.killpg(proc.pid, signal.SIGKILL)  # the client and the workers it started
+    finally:
+        proc.wait(timeout=60)
+    done = ok_records(state)  # failed files are tried again, so they do not count as resumed
+    assert 2 <= done < N_GOOD
+    assert not (out / "run.json").exists()  # killed before it finalised
+    result = subprocess.run([sys.executable, "-m", "primate_monitor", "scan", *args], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr  # 3: the two broken files failed, as in the serial scan
+    run = json.loads((out / "run.json").read_text())
+    assert run["totals"]["resumed_recordings"] == done
     assert_same(out, serial_out)
