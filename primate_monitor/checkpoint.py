@@ -180,14 +180,16 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read weights: {e}") from e
 
 
-def fit_weights(network: AudioClassifier | torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+def fit_weights(network: AudioClassifier | torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path,
+                what: str = "this network") -> None:
     """Load ``tensors`` into ``network``, cast to its dtypes (bundled weights are fp16);
-    CheckpointError naming the file when they do not fit (another model or class count)."""
+    CheckpointError naming the file, and ``what`` was expected, when they do not fit
+    (another model or class count)."""
     expected = network.state_dict()
     try:
         network.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in tensors.items()})
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit this network: {e}") from e
+        raise CheckpointError(f"{path}: weights do not match {what}: {e}") from e
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -195,5 +197,5 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     path = Path(path)
     info = ModelInfo.from_dict(read_metadata(path), str(path))
     network = create_model(info.model, len(info.classes))
-    fit_weights(network, read_tensors(path), path)
+    fit_weights(network, read_tensors(path), path, f"a {info.model} with {len(info.classes)} classes")
     return LoadedModel(network.to(device).eval(), info, path, file_sha256(path))

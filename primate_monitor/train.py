@@ -107,7 +107,7 @@ def init_weights(model: torch.nn.Module, path: str | Path, config: TrainConfig, 
     differ = [f"{k} {theirs[k]!r} (this run: {ours[k]!r})" for k in ours if theirs[k] != ours[k]]
     if differ:
         raise CheckpointError(f"{path}: init_from checkpoint does not match this run: {'; '.join(differ)}")
-    fit_weights(model, read_tensors(path), path)
+    fit_weights(model, read_tensors(path), path, f"a {config.model} with {len(classes)} classes")
     logger.info("starting from the weights of %s", path)
 
 
