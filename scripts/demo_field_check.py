@@ -60,8 +60,7 @@ def per_hour(name: str, hours: float, events: pd.DataFrame, classes: list[str]) 
             + " | ".join(cells) + " |")
 
 
-def detections(title: str, path: Path, model, config: ScanConfig) -> list[str]:
-    events = scan_recording(path, model, config)
+def detections(title: str, path: Path, events: pd.DataFrame) -> list[str]:
     lines = ["", f"{title}: {path.name} ({probe(path).duration_s:.0f} s)", "",
              "| begin s | end s | species | peak score |", "|---|---|---|---|"]
     lines += [f"| {e['begin_s']:.0f} | {e['end_s']:.0f} | {e['species']} | {e['peak_score']:.2f} |"
@@ -111,8 +110,9 @@ def main() -> None:
               f"({len(before) / PUMA_TITI_FROM_S * 3600:.0f}/h); duet found as titi: {'yes' if len(duet) else 'no'}"
               f" ({len(duet)} event(s), peak {duet['peak_score'].max() if len(duet) else float('nan'):.2f}); "
               f"{len(other)} other-species detection(s) during the duet"]
-    lines += detections("PUMA detections", puma, model, config)
-    lines += detections("Agile gibbon detections", field["agile_gibbon"][0], model, config)
+    lines += detections("PUMA detections", puma, events)
+    gibbon = field["agile_gibbon"][0]
+    lines += detections("Agile gibbon detections", gibbon, scan_recording(gibbon, model, config))
     print("\n".join(lines))
 
 

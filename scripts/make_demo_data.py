@@ -132,7 +132,7 @@ def check_disjoint(shared: Path) -> None:
                     raise SystemExit(f"error: {p} is in both {seen[p]} and {role}")
 
 
-def background_pool(files: dict[str, list[Path]], role: str) -> tuple[list[str], np.ndarray]:
+def background_pool(role: str) -> tuple[list[str], np.ndarray]:
     """Background group names and their draw probabilities for a role."""
     weights = BACKGROUND_WEIGHTS[role]
     names = list(weights)
@@ -142,7 +142,7 @@ def background_pool(files: dict[str, list[Path]], role: str) -> tuple[list[str],
 
 def draw_background(files: dict[str, list[Path]], role: str, rng: np.random.Generator) -> Path:
     """A background file: first a group by weight, then a file of it uniformly."""
-    names, p = background_pool(files, role)
+    names, p = background_pool(role)
     group = files[names[int(rng.choice(len(names), p=p))]]
     return group[int(rng.integers(len(group)))]
 
