@@ -131,6 +131,9 @@ class Trainer:
         if not splits.get(config.devel_split):
             raise DataError(f"{data_root}: split {config.devel_split!r} is missing or empty; validation needs it")
         self.classes = check_classes(splits, config)
+        self.model = create_model(config.model, len(self.classes))
+        if config.init_from:  # before any clip is decoded: a wrong checkpoint fails at once
+            init_weights(self.model, config.init_from, config, self.classes)
         cache = Path(config.cache_dir) if config.cache_dir else self.out / "cache"
         self.train_data = prepare_split(splits[config.train_split], self.classes, config, cache, config.train_split)
         devel = [c for c in splits[config.devel_split] if c.label != "?"]
@@ -144,9 +147,6 @@ class Trainer:
         self.summary = summarize({config.train_split: self.train_data.clips, config.devel_split: self.devel_data.clips})
         self.frontend_config = FrontEndConfig(sample_rate=config.sample_rate)
         self.frontend = LogMel(self.frontend_config).to(self.device)
-        self.model = create_model(config.model, len(self.classes))
-        if config.init_from:
-            init_weights(self.model, config.init_from, config, self.classes)
         self.model = self.model.to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
