@@ -4,6 +4,8 @@
     python benchmarks/scan_bench.py --long-hours 24 --scratch /tmp/pm-bench     # peak RSS on 24 h
     python benchmarks/scan_bench.py --agreement CKPT PATH...                     # fast vs exact
     python benchmarks/scan_bench.py --side-by-side --hours 0.25 --pairs 3        # ratio naive/ours
+    python benchmarks/scan_bench.py --side-by-side --int8 --hours 0.1 --pairs 3  # ... and ours in int8
+    python benchmarks/scan_bench.py --int8-agreement CKPT PATH...                # int8 vs fp32
 
 Each measurement runs in its own child process so that its peak RSS is its own. Test
 audio is real: the sample recordings (real calls in real forest backgrounds) tiled to
@@ -78,7 +80,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_ours(ckpt: str, audio: str, hop: float, mode: str, device: str) -> dict:
+def run_ours(ckpt: str, audio: str, hop: float, mode: str, device: str, precision: str = "fp32") -> dict:
     from primate_monitor.audio import probe
     from primate_monitor.checkpoint import load_checkpoint
     from primate_monitor.devices import resolve_device
@@ -86,7 +88,7 @@ def run_ours(ckpt: str, audio: str, hop: float, mode: str, device: str) -> dict:
 
     model = load_checkpoint(ckpt, resolve_device(device))
     t0 = time.perf_counter()
-    result = score_recording(audio, model, ScanConfig(hop_seconds=hop, mode=mode))
+    result = score_recording(audio, model, ScanConfig(hop_seconds=hop, mode=mode, precision=precision))
     if model.network is not None and resolve_device(device).type == "cuda":
         import torch
 
@@ -151,7 +153,8 @@ def run_baseline(ckpt: str, audio: str, hop: float, device: str, batch_size: int
 def side_by_side(args: argparse.Namespace) -> None:
     """Ours (fast mode, the scan's default at hop 1 s) against the naive pipeline, interleaved
     A B A B ... in one process, so that both see the same load on a shared machine; the
-    ratio is the median over the pairs."""
+    ratio is the median over the pairs. ``--int8`` adds ours with ``precision="int8"`` to each
+    round (A B C A B C ...), its calibration made first on the sample recordings."""
     import statistics
 
     import torch
@@ -163,19 +166,33 @@ def side_by_side(args: argparse.Namespace) -> None:
     audio = make_audio(scratch / f"bench_{args.hours:g}h_48k.wav", args.hours, 48000)
     from primate_monitor.frontend import FrontEndConfig
 
+    if args.int8:
+        from primate_monitor.checkpoint import load_checkpoint
+        from primate_monitor.quantize import calibrate, calibration_path
+
+        if not calibration_path(ckpt).is_file():
+            calibrate(load_checkpoint(ckpt), SOURCES, seconds_per_file=120)
     librosa_logmel(np.zeros(48000, dtype=np.float32), FrontEndConfig(sample_rate=16000))  # warm-up: librosa's imports
-    pairs = []
+    pairs, pairs8 = [], []
     print(f"# {platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}, {args.hours * 60:g} min of 48 kHz audio, "
           f"CNN10-16k, hop {args.hop:g} s, torch threads {torch.get_num_threads()}")
-    print("| pair | ours (s) | ours x real time | naive (s) | naive x real time | naive / ours |")
-    print("|---|---|---|---|---|---|")
+    extra = " ours int8 (s) | int8 x real time | naive / ours int8 |" if args.int8 else ""
+    print("| pair | ours (s) | ours x real time | naive (s) | naive x real time | naive / ours |" + extra)
+    print("|---|---|---|---|---|---|" + ("---|---|---|" if args.int8 else ""))
     for k in range(args.pairs):
         ours = run_ours(str(ckpt), str(audio), args.hop, "fast", args.device)
         base = run_baseline(str(ckpt), str(audio), args.hop, args.device)
+        row = (f"| {k + 1} | {ours['seconds']:.1f} | {ours['audio_s'] / ours['seconds']:.1f} | {base['seconds']:.1f} | "
+               f"{base['audio_s'] / base['seconds']:.1f} | {base['seconds'] / ours['seconds']:.2f}x |")
         pairs.append(base["seconds"] / ours["seconds"])
-        print(f"| {k + 1} | {ours['seconds']:.1f} | {ours['audio_s'] / ours['seconds']:.1f} | {base['seconds']:.1f} | "
-              f"{base['audio_s'] / base['seconds']:.1f} | {pairs[-1]:.2f}x |", flush=True)
+        if args.int8:
+            q = run_ours(str(ckpt), str(audio), args.hop, "fast", args.device, "int8")
+            pairs8.append(base["seconds"] / q["seconds"])
+            row += f" {q['seconds']:.1f} | {q['audio_s'] / q['seconds']:.1f} | {pairs8[-1]:.2f}x |"
+        print(row, flush=True)
     print(f"\nmedian ratio naive/ours over {len(pairs)} pairs: {statistics.median(pairs):.2f}x")
+    if pairs8:
+        print(f"median ratio naive/ours-int8 over {len(pairs8)} pairs: {statistics.median(pairs8):.2f}x")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -250,6 +267,35 @@ def agreement(args: argparse.Namespace) -> None:
     print(f"\nall windows: {int(totals[0])}/{int(totals[1])} = {totals[0] / totals[1]:.2%} identical decisions")
 
 
+def int8_agreement(args: argparse.Namespace) -> None:
+    """int8 against fp32 on real recordings, fast mode at hop 1 s: score differences, per-window
+    decisions at 0.5, and events (same species and times) at the model's thresholds."""
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.scanner import ScanConfig, prepare_model, scan_recording, score_recording
+
+    model = load_checkpoint(args.int8_agreement[0])
+    prepare_model(model, ScanConfig(precision="int8"))
+    reject = model.info.classes.index(model.info.reject_class)
+    species = [k for k in range(len(model.info.classes)) if k != reject]
+    print("| recording | windows | max abs score diff | 99th pct | decisions equal | events fp32 / int8 / same |")
+    print("|---|---|---|---|---|---|")
+    totals = np.zeros(4)
+    for path in args.int8_agreement[1:]:
+        a = score_recording(path, model, ScanConfig())
+        b = score_recording(path, model, ScanConfig(precision="int8"))
+        diff = np.abs(a.scores - b.scores)
+        equal = ((a.scores[:, species] >= 0.5) == (b.scores[:, species] >= 0.5)).all(axis=1)
+        key = ["species", "begin_s", "end_s"]
+        ea = scan_recording(path, model, ScanConfig())[key]
+        eb = scan_recording(path, model, ScanConfig(precision="int8"))[key]
+        same = len(ea.merge(eb, on=key))
+        totals += [equal.sum(), len(equal), len(ea) + len(eb), 2 * same]
+        print(f"| {Path(path).name} | {len(equal)} | {diff.max():.4f} | {np.quantile(diff, 0.99):.4f} | "
+              f"{equal.mean():.1%} | {len(ea)} / {len(eb)} / {same} |", flush=True)
+    print(f"\nall windows: {int(totals[0])}/{int(totals[1])} = {totals[0] / totals[1]:.2%} identical decisions; "
+          f"events: {int(totals[3] // 2)} identical of {int(totals[2] - totals[3] // 2)} distinct")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scratch", default="/tmp/pm-bench", help="Where test audio and the init checkpoint go.")
@@ -262,6 +308,8 @@ def main() -> None:
                    help="Ours against the naive pipeline, interleaved in one process, on --hours of 48 kHz audio.")
     p.add_argument("--pairs", type=int, default=3, help="A/B pairs for --side-by-side.")
     p.add_argument("--agreement", nargs="+", metavar="CKPT_THEN_AUDIO", default=None)
+    p.add_argument("--int8", action="store_true", help="--side-by-side: also time ours with --precision int8.")
+    p.add_argument("--int8-agreement", nargs="+", metavar="CKPT_THEN_AUDIO", default=None)
     p.add_argument("--child", choices=["fast", "exact", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     p.add_argument("--file", help=argparse.SUPPRESS)
@@ -273,6 +321,8 @@ def main() -> None:
         side_by_side(args)
     elif args.agreement:
         agreement(args)
+    elif args.int8_agreement:
+        int8_agreement(args)
     elif args.long_hours:
         long_rss(args)
     else:

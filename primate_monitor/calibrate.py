@@ -337,4 +337,8 @@ def set_thresholds(checkpoint: str | Path, thresholds: dict[str, float], dest: s
         tensors = load_file(str(checkpoint), device="cpu")
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{checkpoint}: cannot read weights: {e}") from e
-    return save_checkpoint(dest, tensors, replace(info, thresholds=dict(thresholds)))
+    written = save_checkpoint(dest, tensors, replace(info, thresholds=dict(thresholds)))
+    from .quantize import copy_calibration
+
+    copy_calibration(checkpoint, written)  # same weights, so the same int8 calibration (if there is one)
+    return written

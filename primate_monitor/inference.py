@@ -212,13 +212,21 @@ class StreamScorer:
     exactly those of one span per call; SPANS_PER_CALL_CUDA on a GPU, which needs large calls.
     """
 
-    def __init__(self, model: LoadedModel, hop_samples: int, batch_size: int, spans_per_call: int | None = None) -> None:
+    def __init__(self, model: LoadedModel, hop_samples: int, batch_size: int, spans_per_call: int | None = None,
+                 precision: str = "fp32") -> None:
         info = model.info
         self.model = model
         self.network = model.network.eval()
         self.device = next(self.network.parameters()).device
         self.cuda = self.device.type == "cuda"
-        if self.cuda:  # cuDNN's fastest bf16 convolutions want NHWC
+        if precision == "int8":  # opt-in: the body in int8 from the checkpoint's calibration (quantize.py)
+            from .quantize import int8_network
+
+            self.network = int8_network(model)
+            limit_heap_growth()
+        elif precision != "fp32":
+            raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+        elif self.cuda:  # cuDNN's fastest bf16 convolutions want NHWC
             self.network = self.network.to(memory_format=torch.channels_last)
         elif self.device.type == "cpu":  # BatchNorm folded into the convolutions, NHWC (oneDNN's fast layout)
             self.network = cpu_inference_network(self.network)
@@ -349,8 +357,9 @@ class ExactScorer(StreamScorer):
 class FastScorer(StreamScorer):
     """Trunk once over a span of ``SPAN_WINDOWS`` windows plus context; pool per window."""
 
-    def __init__(self, model: LoadedModel, hop_samples: int, batch_size: int, spans_per_call: int | None = None) -> None:
-        super().__init__(model, hop_samples, batch_size, spans_per_call)
+    def __init__(self, model: LoadedModel, hop_samples: int, batch_size: int, spans_per_call: int | None = None,
+                 precision: str = "fp32") -> None:
+        super().__init__(model, hop_samples, batch_size, spans_per_call, precision)
         if not self.network.fast_path:
             raise ValueError(f"model {model.info.model} has no fast path (its head pools over frequency and time jointly); use exact mode")
         cfg = model.info.frontend
@@ -425,12 +434,13 @@ def resolve_mode(model: LoadedModel, hop_samples: int, mode: str) -> str:
 
 
 def make_scorer(model: LoadedModel, hop_samples: int, batch_size: int, mode: str,
-                spans_per_call: int | None = None) -> StreamScorer:
-    """The scorer for ``mode``; ``spans_per_call`` None picks 1 on the CPU, SPANS_PER_CALL_CUDA on a GPU."""
+                spans_per_call: int | None = None, precision: str = "fp32") -> StreamScorer:
+    """The scorer for ``mode``; ``spans_per_call`` None picks 1 on the CPU, SPANS_PER_CALL_CUDA on a GPU;
+    ``precision`` int8 runs the body in int8 (CPU only, opt-in: quantize.py)."""
     # an explicit --mode fast on a network without a fast path is an error (FastScorer says so), not a silent fallback
     if resolve_mode(model, hop_samples, mode) == "fast":
-        return FastScorer(model, hop_samples, batch_size, spans_per_call)
-    return ExactScorer(model, hop_samples, batch_size, spans_per_call)
+        return FastScorer(model, hop_samples, batch_size, spans_per_call, precision)
+    return ExactScorer(model, hop_samples, batch_size, spans_per_call, precision)
 
 
 def _joined(parts: list[WindowScores], classes: int) -> WindowScores:
@@ -440,9 +450,9 @@ def _joined(parts: list[WindowScores], classes: int) -> WindowScores:
 
 
 def score_stream(model: LoadedModel, blocks: Iterable[np.ndarray], hop_samples: int, batch_size: int = 32,
-                 mode: str = "auto", spans_per_call: int | None = None) -> WindowScores:
+                 mode: str = "auto", spans_per_call: int | None = None, precision: str = "fp32") -> WindowScores:
     """All windows of a stream: (starts, scores), in order."""
-    parts = list(make_scorer(model, hop_samples, batch_size, mode, spans_per_call).run(blocks))
+    parts = list(make_scorer(model, hop_samples, batch_size, mode, spans_per_call, precision).run(blocks))
     return _joined(parts, len(model.info.classes))
 
 

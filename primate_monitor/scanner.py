@@ -20,6 +20,7 @@ from .audio import BLOCK_SECONDS, AudioInfo, AudioReadError, probe, stream_audio
 from .checkpoint import LoadedModel, load_checkpoint
 from .events import EventContext, EventOptions, build_events, validate_options
 from .inference import MODES, make_scorer, score_stream, score_streams
+from .quantize import PRECISIONS
 from .timestamps import recording_start
 from .windows import hop_samples
 
@@ -42,6 +43,7 @@ class ScanConfig:
     # use the checkpoint's calibrated per-species thresholds for species that ``events`` gives no
     # threshold of their own; False when the user chose one threshold for all (a bare --threshold)
     model_thresholds: bool = True
+    precision: str = "fp32"  # fp32 | int8 (opt-in, CPU only: the body in int8 from the checkpoint's calibration)
 
     def __post_init__(self) -> None:
         if isinstance(self.hop_seconds, bool) or not isinstance(self.hop_seconds, (int, float)) \
@@ -49,6 +51,8 @@ class ScanConfig:
             raise ValueError(f"hop must be a finite number of seconds >= {MIN_HOP_SECONDS}, got {self.hop_seconds!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
         if self.channel is not None and self.channel < 0:
@@ -59,12 +63,13 @@ class ScanConfig:
         return hop_samples(self.hop_seconds, sample_rate)
 
     def parameters(self) -> dict:
-        """The settings that determine the detections, for run.json and resume checks."""
+        """The settings that determine the detections, for run.json and resume checks. ``precision``
+        is named only when it is not fp32, so scans made before int8 existed still resume."""
         e = self.events
         return {"hop_seconds": self.hop_seconds, "mode": self.mode, "channel": self.channel,
                 "threshold": e.threshold, "class_thresholds": dict(sorted(e.class_thresholds.items())),
                 "report_classes": list(e.classes) if e.classes else None, "min_windows": e.min_windows,
-                "max_gap_s": e.max_gap_s}
+                "max_gap_s": e.max_gap_s} | ({"precision": self.precision} if self.precision != "fp32" else {})
 
 
 @dataclass
@@ -134,7 +139,7 @@ def score_recording(path: str | Path, model: LoadedModel, config: ScanConfig,
     """
     stream = _TrackedStream(Path(path), model, config, blocks, on_block)
     hop = config.hop_samples(model.info.sample_rate)
-    result = score_stream(model, stream.blocks(), hop, config.batch_size, config.mode)
+    result = score_stream(model, stream.blocks(), hop, config.batch_size, config.mode, precision=config.precision)
     return stream.result(result.starts, result.scores)
 
 
@@ -151,7 +156,7 @@ def score_recordings(paths: Sequence[str | Path], model: LoadedModel, config: Sc
     """
     streams = [_TrackedStream(Path(p), model, config, None, on_block) for p in paths]
     hop = config.hop_samples(model.info.sample_rate)
-    scorer = make_scorer(model, hop, config.batch_size, config.mode, spans_per_call)
+    scorer = make_scorer(model, hop, config.batch_size, config.mode, spans_per_call, config.precision)
     for i, result in score_streams(scorer, [s.blocks for s in streams], workers):
         stream = streams[i]
         if isinstance(result, AudioReadError):
@@ -179,14 +184,21 @@ def events_table(scores: RecordingScores, model: LoadedModel, options: EventOpti
 
 def prepare_model(model: LoadedModel | str | Path | None, config: ScanConfig, device: str = "auto") -> LoadedModel:
     """A loaded model (from an instance, a checkpoint path, or None for the bundled demo model)
-    whose classes the event options have been checked against."""
+    whose classes the event options have been checked against, and, for ``precision`` int8,
+    whose int8 calibration has been found and built (on the CPU)."""
     from .bundled import default_model_path
     from .devices import resolve_device
 
+    if config.precision == "int8" and device == "auto":
+        device = "cpu"  # int8 kernels are CPU kernels
     if not isinstance(model, LoadedModel):
         model = load_checkpoint(model if model is not None else default_model_path(), resolve_device(device))
     ctx = EventContext.from_model(model)
     validate_options(config.events, ctx.classes, ctx.reject_class)
+    if config.precision == "int8":  # a missing or foreign calibration fails here, before any file is scanned
+        from .quantize import int8_network
+
+        int8_network(model)
     return model
 
 

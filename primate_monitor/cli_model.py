@@ -1,0 +1,52 @@
+"""Commands that make a variant of a checkpoint for scanning: ``quantize`` (int8 calibration).
+
+Kept apart from cli.py so each command module stays small; ``register`` adds them to the group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--calibrate", "audio", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Audio to calibrate on (repeat, or give folders): real recordings like those you will scan.")
+@click.option("--seconds-per-file", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              help="Seconds read from the start of each file.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Where to write (default: CHECKPOINT's name with .int8.safetensors, beside it, where scan looks).")
+def quantize(checkpoint: Path, audio: tuple[Path, ...], seconds_per_file: float, out: Path | None) -> None:
+    """Calibrate CHECKPOINT for `scan --precision int8`: record the activation ranges of its
+    convolutions on real audio and save them beside the checkpoint. Then compare an int8 scan
+    with an fp32 scan of your own audio before relying on it."""
+    from .audio import audio_extensions
+    from .checkpoint import load_checkpoint
+    from .cli import USER_ERRORS, _fail
+    from .quantize import calibrate
+
+    try:
+        files: list[Path] = []
+        for p in audio:
+            if p.is_dir():
+                found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix[1:].lower() in audio_extensions())
+                if not found:
+                    raise ValueError(f"{p}: no audio files in this folder")
+                files += found
+            elif p.is_file():
+                files.append(p)
+            else:
+                raise FileNotFoundError(f"{p}: no such file or folder")
+        model = load_checkpoint(checkpoint)
+        path = calibrate(model, files, out, seconds_per_file)
+    except (*USER_ERRORS, OSError) as e:
+        _fail(e)
+    click.echo(f"int8 calibration from {len(files)} file(s) -> {path}\n"
+               f"  scan with: primate-monitor scan ... --model {checkpoint} --precision int8")
+
+
+def register(group: click.Group) -> None:
+    """Add the checkpoint-variant commands to the main group."""
+    group.add_command(quantize)

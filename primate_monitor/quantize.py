@@ -1,0 +1,244 @@
+"""Opt-in int8 inference on the CPU (``scan --precision int8``).
+
+Why: on the CPU the convolutional trunk is ~90 % of a scan (docs/benchmarks.md). Its
+convolutions in 8-bit integers (static quantisation: int8 weights per output channel, int8
+activations per tensor, through torch's x86 quantised kernels) run them about twice as fast,
+for scores that move by about 1e-2 (measured on real recordings: docs/benchmarks.md). fp32
+stays the default; int8 is for users who check the agreement on their own audio first.
+
+Static quantisation needs the range of every activation, seen on real audio. That is a
+*calibration*, made once per checkpoint (``primate-monitor quantize CKPT --calibrate AUDIO``)
+and stored beside it as ``<ckpt>.int8.safetensors``: the observers' histograms as plain
+tensors plus JSON metadata naming the digest of the weights it was made for (not the file's
+sha256: a ``set-thresholds`` copy has the same weights and keeps its calibration). At scan time the trunk is
+quantised from those numbers, so every worker, piece and resumed run gets the same int8
+network, and nothing is unpickled.
+
+The trunk's ``bn0`` (a per-mel-bin normalisation) and the head stay in float32; only
+``body`` (the convolution blocks) is quantised. FX graph mode quantisation
+(``torch.ao.quantization.quantize_fx``) is used because it runs eagerly, without a compiler
+and without torchao; torch marks it deprecated in favour of torchao's PT2E, which needs
+``torch.compile`` to reach int8 kernels (left for later: docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, LoadedModel, file_sha256
+from .fsutil import atomic_write
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "int8")
+SUFFIX = ".int8.safetensors"
+ENGINE = "x86"
+METADATA_KEY = "primate_monitor_int8"
+OBSERVER = "activation_post_process"
+CALIBRATION_CHUNK_S = 30.0  # seconds of audio per calibration batch (a span of the fast scorer is ~34 s at hop 1 s)
+
+
+def calibration_path(checkpoint: str | Path) -> Path:
+    """Where the int8 calibration of ``checkpoint`` lives: beside it, ``<name>.int8.safetensors``."""
+    checkpoint = Path(checkpoint)
+    stem = checkpoint.name[: -len(".safetensors")] if checkpoint.name.endswith(".safetensors") else checkpoint.name
+    return checkpoint.with_name(stem + SUFFIX)
+
+
+class _Body(nn.Module):
+    """The convolution blocks of a network as a module of their own, for FX to trace."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.body(x)
+
+
+def _engine() -> None:
+    if ENGINE not in torch.backends.quantized.supported_engines:
+        raise RuntimeError(f"this torch build has no {ENGINE} quantised kernels "
+                           f"(it has {', '.join(torch.backends.quantized.supported_engines)}); scan with --precision fp32")
+    torch.backends.quantized.engine = ENGINE
+
+
+def _prepared(model: LoadedModel) -> torch.fx.GraphModule:
+    """The network's body traced, conv+BN+ReLU fused, with an observer on every activation."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    _engine()
+    network = copy.deepcopy(model.network).cpu().eval()
+    example = torch.zeros(1, 1, model.info.frontend.frames(round(model.info.clip_seconds * model.info.sample_rate)),
+                          model.info.frontend.n_mels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the FX API's deprecation notice (see the module docstring)
+        return prepare_fx(_Body(network).eval(), get_default_qconfig_mapping(ENGINE), (example,))
+
+
+def weights_digest(network: nn.Module) -> str:
+    """sha256 of the network's weights and buffers (names, dtypes, shapes, bytes): what a
+    calibration belongs to, whatever metadata the checkpoint file carries."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _observer_state(prepared: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().contiguous() for k, v in prepared.state_dict().items() if OBSERVER in k}
+
+
+def calibrate(model: LoadedModel, paths: Sequence[str | Path], out: str | Path | None = None,
+              seconds_per_file: float = 120.0) -> Path:
+    """Record the activation ranges of ``model``'s body on real audio and save them beside the
+    checkpoint (or at ``out``). Returns the path written.
+
+    Why real audio: the ranges set the int8 scales; synthetic input would give ranges that
+    clip or waste the 256 levels on what recordings actually hold. Give audio like what will
+    be scanned (backgrounds and calls); ``seconds_per_file`` from the start of each file."""
+    from safetensors.torch import save_file
+
+    from .audio import AudioReadError, load_audio
+    from .frontend import LogMel
+
+    if not paths:
+        raise ValueError("give at least one audio file to calibrate on")
+    if seconds_per_file <= 0:
+        raise ValueError(f"seconds per file must be positive, got {seconds_per_file}")
+    prepared = _prepared(model)
+    frontend = LogMel(model.info.frontend)
+    network = model.network.cpu().eval()
+    sr = model.info.sample_rate
+    chunk = int(CALIBRATION_CHUNK_S * sr)
+    used: list[str] = []
+    skipped: list[str] = []
+    seconds = 0.0
+    with torch.no_grad():
+        for path in paths:
+            try:
+                audio = load_audio(path, sr, end_s=seconds_per_file)
+            except AudioReadError as e:  # one bad file does not stop a calibration on the others
+                logger.warning("not calibrating on %s", e)
+                skipped.append(f"{path}: {e.kind}")
+                continue
+            if audio.size < sr:
+                logger.warning("%s: shorter than 1 s; not used for calibration", path)
+                skipped.append(f"{path}: shorter than 1 s")
+                continue
+            for a in range(0, audio.size, chunk):
+                piece = audio[a:a + chunk]
+                if piece.size < sr:
+                    break
+                prepared(network.bn0(frontend(torch.from_numpy(np.ascontiguousarray(piece))[None])))
+            used.append(Path(path).name)
+            seconds += audio.size / sr
+    if not used:
+        raise ValueError("no calibration file could be used: " + "; ".join(skipped))
+    target = Path(out) if out is not None else calibration_path(model.path)
+    meta = {"for_weights": weights_digest(model.network), "checkpoint": model.path.name, "engine": ENGINE, "files": used,
+            "seconds": round(seconds, 3), "skipped": skipped, "torch": torch.__version__}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target) as tmp:
+        save_file(_observer_state(prepared), str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+    logger.info("int8 calibration of %s on %.1f min of audio from %d file(s) -> %s", model.path.name, seconds / 60,
+                len(used), target)
+    return target
+
+
+def copy_calibration(source: str | Path, dest: str | Path) -> Path | None:
+    """Copy ``source``'s int8 calibration beside ``dest`` (a checkpoint with the same weights);
+    None when ``source`` has none."""
+    import shutil
+
+    src = calibration_path(source)
+    if not src.is_file():
+        return None
+    target = calibration_path(dest)
+    with atomic_write(target) as tmp:
+        shutil.copyfile(src, tmp)
+    return target
+
+
+class Int8Classifier(nn.Module):
+    """A network whose body runs in int8; ``bn0`` and the head stay float32. It offers what the
+    scorers use (``trunk``, ``head``, ``forward``, ``fast_path``, ``time_stride``)."""
+
+    def __init__(self, network: nn.Module, body: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.body = body
+        self.fast_path = network.fast_path
+        self.time_stride = network.time_stride
+        self.embedding_dim = network.embedding_dim
+
+    @property
+    def head(self) -> nn.Module:
+        return self.network.head
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.network.bn0(x))
+
+    def forward(self, x: torch.Tensor, augment=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if augment is not None:
+            raise ValueError("the int8 network is for inference only")
+        return self.network.classify(self.trunk(x))
+
+
+_CACHE: dict[tuple[str, str], Int8Classifier] = {}
+
+
+def int8_network(model: LoadedModel) -> Int8Classifier:
+    """``model``'s network with an int8 body, from the calibration beside its checkpoint; made
+    once per checkpoint and calibration in a process (a scan builds a scorer per recording)."""
+    from safetensors import safe_open
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    if next(model.network.parameters()).device.type != "cpu":
+        raise ValueError("--precision int8 runs on the CPU only (torch's int8 kernels are CPU kernels); "
+                         "on a GPU use the default precision, which runs in bf16 there")
+    path = calibration_path(model.path)
+    if not path.is_file():
+        raise CheckpointError(f"{model.path}: no int8 calibration beside it ({path.name}); make one with "
+                              f"`primate-monitor quantize {model.path} --calibrate AUDIO...`, or scan with --precision fp32")
+    key = (weights_digest(model.network), file_sha256(path))
+    cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(METADATA_KEY, "null"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise CheckpointError(f"{path}: not a readable int8 calibration ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("for_weights") != key[0]:
+        raise CheckpointError(f"{path}: this calibration was made for other weights (those of "
+                              f"{(meta or {}).get('checkpoint')!s}, not those of {model.path.name}); "
+                              f"run `primate-monitor quantize {model.path} --calibrate AUDIO...` again")
+    prepared = _prepared(model)
+    expected = set(_observer_state(prepared))
+    if set(tensors) != expected:
+        raise CheckpointError(f"{path}: its observers do not match this network as traced by torch {torch.__version__} "
+                              f"(made with torch {meta.get('torch')}); run `primate-monitor quantize` again")
+    prepared.load_state_dict(tensors, strict=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        body = convert_fx(prepared)
+    network = Int8Classifier(copy.deepcopy(model.network).cpu().eval(), body).eval()
+    _CACHE.clear()  # one model at a time, as cpu_inference_network
+    _CACHE[key] = network
+    return network

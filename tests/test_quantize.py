@@ -1,0 +1,168 @@
+"""Opt-in int8 scanning (issue 11): calibration beside the checkpoint, agreement with fp32 on
+real recordings, clear errors, and determinism across processes' rebuilds."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from primate_monitor.cli import main
+from primate_monitor.scanner import ScanConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_data" / "recordings"
+RECORDING = Path(__file__).parent / "fixtures" / "recording" / "20240312_053000.wav"
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_copy(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The tiny checkpoint in a folder of its own, calibrated on a real recording."""
+    folder = tmp_path_factory.mktemp("int8")
+    ckpt = folder / "tiny.safetensors"
+    shutil.copy(tiny_checkpoint, ckpt)
+    shutil.copy(tiny_checkpoint.with_suffix(".json"), folder / "tiny.json")
+    result = _run(["quantize", str(ckpt), "--calibrate", str(RECORDING), "--seconds-per-file", "20"])
+    assert result.exit_code == 0, result.output
+    assert (folder / "tiny.int8.safetensors").is_file()
+    return ckpt
+
+
+def test_bundled_int8_scan_agrees_with_fp32_on_the_sample_recordings(tmp_path):
+    """The shipped calibration: the same events (times and species) as fp32 on the three real
+    sample recordings, and every window score within 0.05 (measured: max 0.019)."""
+    for precision in ("fp32", "int8"):
+        result = _run(["-q", "scan", str(SAMPLE), "-o", str(tmp_path / precision), "--precision", precision,
+                       "--save-window-scores"])
+        assert result.exit_code == 0, result.output
+    a, b = (pd.read_parquet(tmp_path / p / "windows.parquet") for p in ("fp32", "int8"))
+    assert len(a) == len(b) > 100
+    cols = [c for c in a.columns if c.startswith("score_")]
+    diff = np.abs(a[cols].to_numpy() - b[cols].to_numpy())
+    assert diff.max() < 0.05
+    assert diff.max() > 0  # it really ran in int8, not fp32 again
+    key = ["recording", "species", "begin_s", "end_s"]
+    ea, eb = (pd.read_parquet(tmp_path / p / "detections.parquet")[key] for p in ("fp32", "int8"))
+    pd.testing.assert_frame_equal(ea.reset_index(drop=True), eb.reset_index(drop=True))
+    import json
+
+    assert json.loads((tmp_path / "int8" / "run.json").read_text())["parameters"]["precision"] == "int8"
+    assert "precision" not in json.loads((tmp_path / "fp32" / "run.json").read_text())["parameters"]
+
+
+def test_int8_is_deterministic_and_equal_in_fast_and_split_scans(tiny_copy, tmp_path):
+    """Rebuilt from the calibration file, the int8 network gives bit-equal scores; a scan cut in
+    pieces equals the unsplit one (each piece rebuilds nothing new: same numbers)."""
+    from primate_monitor import quantize
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.scanner import prepare_model, score_recording
+
+    config = ScanConfig(precision="int8")
+    model = prepare_model(tiny_copy, config)
+    first = score_recording(RECORDING, model, config).scores
+    quantize._CACHE.clear()
+    again = score_recording(RECORDING, load_checkpoint(tiny_copy), config).scores
+    np.testing.assert_array_equal(first, again)
+    fp32 = score_recording(RECORDING, model, ScanConfig()).scores
+    assert np.abs(first - fp32).max() > 0
+
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    long = tmp_path / "rec" / "long.wav"
+    long.parent.mkdir()
+    import soundfile as sf
+
+    audio, sr = sf.read(RECORDING, dtype="float32")
+    sf.write(long, np.concatenate([audio] * 4), sr)
+    base = ["-q", "scan", str(long.parent), "--model", str(tiny_copy), "--precision", "int8", "--save-window-scores"]
+    assert _run([*base, "-o", str(whole)]).exit_code == 0
+    assert _run([*base, "-o", str(split), "--piece-hours", str(30 / 3600)]).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(whole / "windows.parquet"), pd.read_parquet(split / "windows.parquet"))
+
+
+def test_missing_or_foreign_calibration_is_a_clear_error(tiny_copy, tmp_path, tiny_checkpoint):
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(tiny_checkpoint, bare)
+    shutil.copy(tiny_checkpoint.with_suffix(".json"), tmp_path / "bare.json")
+    result = _run(["-q", "scan", str(RECORDING), "-o", str(tmp_path / "o1"), "--model", str(bare), "--precision", "int8"])
+    assert result.exit_code == 2
+    assert "bare.int8.safetensors" in result.output and "primate-monitor quantize" in result.output
+    assert not (tmp_path / "o1").exists() or not any((tmp_path / "o1").iterdir())
+
+    # another model's calibration under this checkpoint's name is refused, not used
+    from primate_monitor.bundled import default_model_path
+    from primate_monitor.quantize import calibration_path
+
+    other = tmp_path / "other.safetensors"
+    shutil.copy(default_model_path(), other)
+    shutil.copy(default_model_path().with_suffix(".json"), tmp_path / "other.json")
+    shutil.copy(calibration_path(tiny_copy), calibration_path(other))
+    result = _run(["-q", "scan", str(RECORDING), "-o", str(tmp_path / "o2"), "--model", str(other), "--precision", "int8"])
+    assert result.exit_code == 2 and "other weights" in result.output
+
+    # a damaged calibration file
+    calibration_path(bare).write_bytes(b"not a safetensors file")
+    result = _run(["-q", "scan", str(RECORDING), "-o", str(tmp_path / "o3"), "--model", str(bare), "--precision", "int8"])
+    assert result.exit_code == 2 and "not a readable int8 calibration" in result.output
+
+
+def test_quantize_refuses_bad_input(tiny_copy, tmp_path):
+    result = _run(["quantize", str(tiny_copy), "--calibrate", str(tmp_path / "nothing.wav")])
+    assert result.exit_code == 2 and "nothing.wav" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _run(["quantize", str(tiny_copy), "--calibrate", str(empty)])
+    assert result.exit_code == 2 and "no audio files" in result.output
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF0000WAVEjunk")
+    result = _run(["quantize", str(tiny_copy), "--calibrate", str(broken), "-o", str(tmp_path / "c.int8.safetensors")])
+    assert result.exit_code == 2 and "broken.wav" in result.output
+    assert not (tmp_path / "c.int8.safetensors").exists()
+
+
+def test_set_thresholds_copy_keeps_the_calibration(tiny_copy, tmp_path):
+    """Same weights, new metadata: the copy is int8-scannable with the same scores."""
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.scanner import prepare_model, score_recording
+
+    table = tmp_path / "t.yaml"
+    table.write_text("gibbon: 0.7\n")
+    dest = tmp_path / "with_thresholds.safetensors"
+    assert _run(["set-thresholds", str(tiny_copy), str(table), "-o", str(dest)]).exit_code == 0
+    assert (tmp_path / "with_thresholds.int8.safetensors").is_file()
+    config = ScanConfig(precision="int8")
+    a = score_recording(RECORDING, prepare_model(load_checkpoint(tiny_copy), config), config).scores
+    b = score_recording(RECORDING, prepare_model(load_checkpoint(dest), config), config).scores
+    np.testing.assert_array_equal(a, b)
+
+
+def test_precision_changes_the_scan_parameters(tiny_copy, tmp_path):
+    """An int8 rerun into an fp32 scan's folder is a different scan, refused unless --overwrite."""
+    base = ["-q", "scan", str(RECORDING), "--model", str(tiny_copy), "-o", str(tmp_path / "o")]
+    assert _run(base).exit_code == 0
+    result = _run([*base, "--precision", "int8"])
+    assert result.exit_code == 2 and "precision" in result.output
+    with pytest.raises(ValueError, match="precision"):
+        ScanConfig(precision="int4")
+
+
+def test_quantize_skips_a_broken_file_among_good_ones(tiny_copy, tmp_path, caplog):
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF0000WAVEjunk")
+    out = tmp_path / "c.int8.safetensors"
+    result = _run(["quantize", str(tiny_copy), "--calibrate", str(broken), "--calibrate", str(RECORDING),
+                   "--seconds-per-file", "5", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    from safetensors import safe_open
+    import json
+
+    with safe_open(str(out), "pt") as f:
+        meta = json.loads(f.metadata()["primate_monitor_int8"])
+    assert meta["files"] == [RECORDING.name] and "broken.wav" in meta["skipped"][0]
