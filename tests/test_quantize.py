@@ -166,3 +166,15 @@ def test_quantize_skips_a_broken_file_among_good_ones(tiny_copy, tmp_path, caplo
     with safe_open(str(out), "pt") as f:
         meta = json.loads(f.metadata()["primate_monitor_int8"])
     assert meta["files"] == [RECORDING.name] and "broken.wav" in meta["skipped"][0]
+
+
+def test_bundled_int8_exact_mode_agrees_with_fp32():
+    """Exact mode (each window through the whole network) runs the int8 body too."""
+    from primate_monitor.bundled import default_model_path
+    from primate_monitor.scanner import prepare_model, score_recording
+
+    config = ScanConfig(mode="exact", hop_seconds=3.0, precision="int8")
+    model = prepare_model(default_model_path(), config)
+    a = score_recording(RECORDING, model, ScanConfig(mode="exact", hop_seconds=3.0)).scores
+    b = score_recording(RECORDING, model, config).scores
+    assert a.shape == b.shape and 0 < np.abs(a - b).max() < 0.05
