@@ -8,6 +8,11 @@ Scanning the *training* backgrounds (no primate calls) and adding the windows it
 highest teaches it exactly those sounds. Only training-role audio is read (SPLIT in
 scripts/make_demo_data.py): devel and field audio never become training clips.
 
+``--background FILE...`` mines named recordings instead: a day of a site's audio that a person
+has reviewed and found free of primates, the "learn from your own site" step of the README.
+Whatever role those files had before, they are training audio from then on; say so wherever
+a figure is reported on them.
+
     python scripts/mine_hard_negatives.py --model RUN/best.safetensors \
         --data /work/scratch/demo_data5/clips --out /work/scratch/demo_data5_r1
 
@@ -73,14 +78,22 @@ def main() -> None:
     ap.add_argument("--per-file", type=int, default=6, help="at most this many windows per file")
     ap.add_argument("--min-score", type=float, default=0.05, help="ignore windows scored below this")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--background", type=Path, nargs="+",
+                    help="mine these primate-free recordings instead of the training-role backgrounds")
     args = ap.parse_args()
     if args.out.exists():
         raise SystemExit(f"error: {args.out} exists; choose a new folder")
 
     config = ScanConfig(hop_seconds=1.0, model_thresholds=False)
     model = prepare_model(args.model, config)
-    files = mdd.resolve(args.shared, "train")
-    sources = [p for g in BACKGROUND_GROUPS for p in files[g]]
+    if args.background:
+        missing = [str(p) for p in args.background if not p.is_file()]
+        if missing:
+            raise SystemExit(f"error: --background file(s) not found: {', '.join(missing)}")
+        sources = list(args.background)
+    else:
+        files = mdd.resolve(args.shared, "train")
+        sources = [p for g in BACKGROUND_GROUPS for p in files[g]]
     found: list[tuple] = []
     for k, path in enumerate(sources):
         found += candidates(path, model, config, args.per_file, args.min_score)

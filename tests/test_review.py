@@ -273,32 +273,3 @@ def test_review_calibrate_retrain_detect_loop(tmp_path):
     assert cli("scan", one, "-o", tmp_path / "s2", "--model", model, "--threshold", "0.3").exit_code == 0
     params = json.loads((tmp_path / "s2" / "run.json").read_text())["parameters"]
     assert params["class_thresholds"] == {} and params["threshold"] == 0.3
-
-
-# ---- scripts/check_leaks.py ----------------------------------------------------------------------
-def test_leak_check_finds_shared_audio_across_sample_rates(tmp_path, monkeypatch):
-    import importlib.util
-    import sys
-
-    import soxr
-
-    spec = importlib.util.spec_from_file_location("check_leaks", ROOT / "scripts" / "check_leaks.py")
-    leaks = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "check_leaks", leaks)  # dataclasses look their module up there
-    spec.loader.exec_module(leaks)
-    rng = np.random.default_rng(0)
-    source = rng.normal(0, 0.1, 16000 * 12).astype(np.float32)  # 12 s at 16 kHz
-    held = np.concatenate([rng.normal(0, 0.1, 16000 * 5), source[16000 * 2: 16000 * 6]])  # its 2-6 s at 5-9 s
-    sf.write(tmp_path / "held_20200101_000000.wav", held, 16000)
-    sf.write(tmp_path / "train_20200101_000000.wav", soxr.resample(source, 16000, 48000), 48000)  # another rate
-    sf.write(tmp_path / "other.wav", rng.normal(0, 0.1, 16000 * 12).astype(np.float32), 16000)
-    spans = leaks.shared_spans(tmp_path / "held_20200101_000000.wav", tmp_path / "train_20200101_000000.wav")
-    assert len(spans) == 1
-    span = spans[0]
-    assert span.held_start_s == pytest.approx(5.0, abs=0.5) and span.held_end_s == pytest.approx(9.0, abs=0.5)
-    assert span.train_start_s - span.held_start_s == pytest.approx(2.0 - 5.0, abs=0.01) and span.peak_ncc > 0.95
-    assert leaks.shared_spans(tmp_path / "held_20200101_000000.wav", tmp_path / "other.wav") == []
-    assert leaks.main(["--held-out", str(tmp_path / "held_20200101_000000.wav"),
-                       "--train", str(tmp_path / "other.wav")]) == 0
-    assert [p[0] for p in leaks.same_recording_pairs([tmp_path / "held_20200101_000000.wav"],
-                                                     [tmp_path / "train_20200101_000000.wav"])] == ["20200101_000000"]
