@@ -12,7 +12,9 @@ The scan has three steps, one module each:
 Whatever the executor, the client commits every finished recording itself (``ScanState.commit``),
 once, in one place: a worker that dies mid-task and is retried, or a result that arrives
 twice, can neither lose nor duplicate a recording, and a client killed mid-run resumes from
-what it committed.
+what it committed. Workers of the ``processes`` and ``dask`` executors write a finished
+recording's parts (or a piece's scores) into the output folder themselves, when they can see
+it, and return only the file names (``scan_stage``); the client's commit is then a rename.
 
 A long recording can be cut into *pieces* (``plan_pieces``) so that one 24-hour file keeps many
 workers busy. A piece scores the windows whose start falls in its range; it reads the audio
@@ -41,6 +43,7 @@ from .audio import AudioReadError, audio_error_from_message, probe
 from .checkpoint import LoadedModel
 from .inference import make_scorer
 from .scan_plan import Recording
+from .scan_stage import StagedResult, stage_piece_scores, stage_result
 from .scanner import RecordingScores, ScanConfig, events_table, score_recording
 from .windows import window_starts
 
@@ -108,6 +111,19 @@ class PieceScores:
     start: Any = None  # recording start (datetime) or None
     error: tuple[str, str] | None = None  # (kind, message) of a read error; piece 0 with no windows: the file failed
     hop: int = 1
+    staged: str | None = None  # starts and scores are in this staged .npz (scan_stage), not in the arrays above
+
+    def loaded(self) -> "PieceScores":
+        """These scores with their arrays in memory: read back (and the staged file removed) if staged."""
+        if self.staged is None:
+            return self
+        from dataclasses import replace
+
+        from .scan_stage import load_piece_scores, remove
+
+        starts, scores = load_piece_scores(self.staged)
+        remove([self.staged])
+        return replace(self, starts=starts, scores=scores, staged=None)
 
     def owned_seconds(self, sample_rate: int) -> float:
         """Audio this piece accounts for (for progress): its own range, clipped to what was decoded."""
@@ -116,7 +132,7 @@ class PieceScores:
         return max(0, hi - lo) / sample_rate
 
 
-TaskResult = Union[RecordingResult, PieceScores]
+TaskResult = Union[RecordingResult, PieceScores, StagedResult]
 
 
 # --- one recording -------------------------------------------------------------------------
@@ -393,21 +409,51 @@ def run_task(task: Task, model: LoadedModel, config: ScanConfig, save_windows: b
     return score_piece(task.rec, task.piece, model, config)
 
 
-def run_remote_task(ref: ModelRef, config: ScanConfig, save_windows: bool, task: Task) -> TaskResult:
-    """``run_task`` in a worker process, with the process's cached model (Dask's task function)."""
-    return run_task(task, worker_model(ref, config), config, save_windows)
+_NO_STAGE_WARNED: set[str] = set()
+
+
+def staged(result: TaskResult, stage: str | None) -> TaskResult:
+    """``result`` with its parts written to the stage folder (``scan_stage``) when this process
+    can see it, so only file names go back to the client; else ``result`` itself."""
+    if stage is None or isinstance(result, StagedResult):
+        return result
+    folder = Path(stage)
+    try:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: not visible from this worker")
+        if isinstance(result, PieceScores):
+            if result.staged is not None or not len(result.starts):
+                return result
+            from dataclasses import replace
+
+            path = stage_piece_scores(Task(result.rec, result.piece).key, result.starts, result.scores, folder)
+            return replace(result, starts=result.starts[:0], scores=result.scores[:0], staged=path)
+        return stage_result(result, folder)
+    except OSError as e:  # no shared storage here: send the parts back through the scheduler
+        if stage not in _NO_STAGE_WARNED:
+            _NO_STAGE_WARNED.add(stage)
+            logger.warning("cannot write parts to the output folder (%s); returning them to the client instead", e)
+        return result
+
+
+def run_remote_task(ref: ModelRef, config: ScanConfig, save_windows: bool, task: Task,
+                    stage: str | None = None) -> TaskResult:
+    """``run_task`` in a worker process, with the process's cached model (Dask's task function);
+    parts go to ``stage`` (OUT/.scan-state/staged) when the worker sees it."""
+    return staged(run_task(task, worker_model(ref, config), config, save_windows), stage)
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_process(ref: ModelRef, config: ScanConfig, save_windows: bool) -> None:
+def _init_process(ref: ModelRef, config: ScanConfig, save_windows: bool, stage: str | None = None) -> None:
     """ProcessPoolExecutor initializer: load the model once per worker process."""
-    _WORKER.update(model=worker_model(ref, config), config=config, save_windows=save_windows)
+    _WORKER.update(model=worker_model(ref, config), config=config, save_windows=save_windows, stage=stage)
 
 
 def _process_task(task: Task) -> TaskResult:
-    return run_task(task, _WORKER["model"], _WORKER["config"], _WORKER["save_windows"])
+    result = run_task(task, _WORKER["model"], _WORKER["config"], _WORKER["save_windows"])
+    return staged(result, _WORKER["stage"])
 
 
 # --- executors ----------------------------------------------------------------------------
@@ -468,13 +514,14 @@ class ProcessExecutor:
     """``workers`` local processes (spawned, so no torch or thread state is forked), each
     loading the model once in its initializer, with one torch thread unless told otherwise."""
 
-    def __init__(self, ref: ModelRef, config: ScanConfig, workers: int, save_windows: bool, sample_rate: int) -> None:
+    def __init__(self, ref: ModelRef, config: ScanConfig, workers: int, save_windows: bool, sample_rate: int,
+                 stage: str | None = None) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         self.sample_rate, self.workers = sample_rate, workers
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_process, initargs=(ref, config, save_windows))
+                                        initializer=_init_process, initargs=(ref, config, save_windows, stage))
 
     def run(self, tasks: Sequence[Task], progress: Callable[[float], None]) -> Iterator[TaskResult]:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -504,9 +551,10 @@ class DaskExecutor:
     once (``worker_model``'s cache); a worker lost mid-task has its task rerun elsewhere by the
     scheduler, and since only the client commits, nothing is lost or committed twice."""
 
-    def __init__(self, client: Any, ref: ModelRef, config: ScanConfig, save_windows: bool, sample_rate: int) -> None:
+    def __init__(self, client: Any, ref: ModelRef, config: ScanConfig, save_windows: bool, sample_rate: int,
+                 stage: str | None = None) -> None:
         self.client, self.ref, self.config = client, ref, config
-        self.save_windows, self.sample_rate = save_windows, sample_rate
+        self.save_windows, self.sample_rate, self.stage = save_windows, sample_rate, stage
 
     def run(self, tasks: Sequence[Task], progress: Callable[[float], None]) -> Iterator[TaskResult]:
         from distributed import as_completed
@@ -518,7 +566,7 @@ class DaskExecutor:
 
         def submit(task: Task):
             submitted.add(task.key)
-            return self.client.submit(run_remote_task, self.ref, self.config, self.save_windows, task, pure=False,
+            return self.client.submit(run_remote_task, self.ref, self.config, self.save_windows, task, self.stage, pure=False,
                                       key=f"scan-{task.key}-{os.getpid()}-{time.time_ns()}")
 
         futures = as_completed([submit(t) for _, t in zip(range(limit), queue)])  # range first: zip must not drop a task
@@ -545,7 +593,12 @@ class PieceCollector:
         """The recording's pieces once all arrived (a piece seen twice counts once), else None."""
         got = self.parts.setdefault(result.rec.key, [])
         if any(p.piece.index == result.piece.index for p in got):
+            if result.staged is not None:  # a second attempt's copy: ours, and not needed
+                from .scan_stage import remove
+
+                remove([result.staged])
             return None
+        result = result.loaded()  # staged scores read back now: the file is not kept past its arrival
         got.append(result)
         if len(got) < result.piece.count:
             return None

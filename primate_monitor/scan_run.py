@@ -34,6 +34,7 @@ from .scan_execute import (EXECUTORS, DaskExecutor, Executor, ModelRef, PieceCol
                            scan_one, windows_frame)
 from .scan_finalize import FAILURE_COLUMNS, RECORDING_COLUMNS, ScanSummary, finalize
 from .scan_plan import Recording, ScanError, plan_recordings
+from .scan_stage import StagedResult
 from .scan_state import STATE_DIR, ScanState
 from .scanner import ScanConfig, prepare_model, with_model_thresholds
 
@@ -107,9 +108,13 @@ class ScanRun:
         """One recording in this process (the serial executor's step); commits nothing."""
         return scan_one(rec, self.model, self.config, self.save_windows, blocks, on_block)
 
-    def commit(self, result: RecordingResult) -> None:
-        """The one commit path: every executor's finished recordings land here, once each."""
-        self.state.commit(result.rec, result.record, result.events, result.windows)
+    def commit(self, result: RecordingResult | StagedResult) -> None:
+        """The one commit path: every executor's finished recordings land here, once each (parts a
+        worker staged in the output folder are renamed into place)."""
+        if isinstance(result, StagedResult):
+            self.state.commit_staged(result)
+        else:
+            self.state.commit(result.rec, result.record, result.events, result.windows)
 
     def todo(self) -> tuple[list[Recording], int]:
         """Recordings still to scan, and how many were done before. Failed files are tried again
@@ -140,9 +145,10 @@ class ScanRun:
         if self.executor == "serial":
             yield SerialExecutor(self.scan_one, self.model, self.config, self.workers, self.save_windows)
             return
+        stage = str(self.state.stage_folder())  # workers that see OUT write their parts here
         if self.executor == "processes":
             executor = ProcessExecutor(ModelRef.of(self.model, self.torch_threads or 1), self.config, self.workers,
-                                       self.save_windows, sr)
+                                       self.save_windows, sr, stage)
             try:
                 yield executor
             finally:
@@ -152,7 +158,7 @@ class ScanRun:
 
         threads = self.torch_threads or (1 if isinstance(self.cluster, str) and self.cluster.startswith("local:") else None)
         with open_cluster(self.cluster, threads) as client:
-            yield DaskExecutor(client, ModelRef.of(self.model, threads), self.config, self.save_windows, sr)
+            yield DaskExecutor(client, ModelRef.of(self.model, threads), self.config, self.save_windows, sr, stage)
 
     def run(self, overwrite: bool = False, progress: bool = True) -> ScanSummary:
         ensure_output_dir(self.out)

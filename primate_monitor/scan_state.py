@@ -19,13 +19,16 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from .fsutil import atomic_write, safe_relative, write_json
 from .scan_plan import Recording, ScanError
 from .writers import get_writer, write_parquet
+
+if TYPE_CHECKING:
+    from .scan_stage import StagedResult
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +176,33 @@ class ScanState:
                 windows.to_parquet(tmp, index=False)
         _write_json(self.dir / f"{rec.key}.json", record | {"outputs": outputs})
 
+    def commit_staged(self, staged: "StagedResult") -> None:
+        """As ``commit``, for parts a worker wrote to the stage folder: each renamed into place
+        (the same file system, so atomic), the tables written from the staged events, then the
+        JSON record last."""
+        import os
+
+        from .writers import read_parquet
+
+        rec, outputs = staged.rec, []
+        if staged.events is not None:
+            target = self.part(rec.key, "events")
+            os.replace(staged.events, target)
+            outputs = self.write_tables(rec.rel, read_parquet(target))
+        if staged.windows is not None:
+            os.replace(staged.windows, self.part(rec.key, "windows"))
+        _write_json(self.dir / f"{rec.key}.json", staged.record | {"outputs": outputs})
+
+    def stage_folder(self) -> Path:
+        """Where workers write parts for the client to commit (``scan_stage``), emptied of
+        what an interrupted run left and created."""
+        from .scan_stage import clear_stale, stage_dir
+
+        folder = stage_dir(self.dir)
+        clear_stale(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def forget(self, key: str) -> None:
         """Drop a recording's record (first, so it is no longer done), parts and tables."""
         record = self.record(key)
@@ -225,6 +255,14 @@ class ScanState:
             _unlink(self.dir / name)
         for leftover in self.dir.glob(".*.tmp"):  # our atomic_write temps, left by a kill -9
             _unlink(leftover)
+        from .scan_stage import clear_stale, stage_dir
+
+        staged = stage_dir(self.dir)
+        clear_stale(staged)
+        try:
+            staged.rmdir()
+        except OSError:  # absent, or holding files that are not ours
+            pass
         self._prune_empty_dirs()
         try:
             self.dir.rmdir()

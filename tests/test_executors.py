@@ -127,6 +127,53 @@ def test_processes_equal_serial(corpus, tiny_checkpoint, serial_out, tmp_path):
     assert_same(out, serial_out)
 
 
+def test_dask_workers_write_parts_and_the_client_renames_them(corpus, tiny_checkpoint, client, serial_out, tmp_path,
+                                                             monkeypatch):
+    """Workers that see OUT write each recording's parts into OUT/.scan-state/staged and return
+    only file names; the client commits them by renaming, and nothing stays staged."""
+    from primate_monitor.scan_stage import StagedResult
+
+    kinds, real_commit = [], ScanRun.commit
+    monkeypatch.setattr(ScanRun, "commit", lambda self, result: (kinds.append(type(result)), real_commit(self, result)))
+    out = tmp_path / "staged"
+    scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False, cluster=client)
+    assert kinds == [StagedResult] * (N_GOOD + 2)  # the broken files too: a record, no parts
+    assert_same(out, serial_out)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "windows.parquet"),
+                                  pd.read_parquet(serial_out / "windows.parquet"), check_exact=True)
+    assert not any((out / ".scan-state" / "staged").iterdir())
+
+
+def test_worker_without_the_output_folder_returns_its_parts(corpus, tiny_model, tmp_path):
+    """No shared storage (the stage folder is not visible): the result comes back whole."""
+    from primate_monitor.scan_execute import RecordingResult, staged
+
+    rec = Recording("site0_00.wav", corpus / "site0_00.wav")
+    result = scan_one(rec, tiny_model, CONFIG, True)
+    back = staged(result, str(tmp_path / "not-mounted-here"))
+    assert back is result and isinstance(back, RecordingResult)
+
+
+def test_stale_staged_parts_are_removed_and_foreign_files_kept(corpus, tiny_checkpoint, serial_out, tmp_path):
+    """Parts a killed run staged but never committed are this tool's own: the next run deletes
+    them. A file in the stage folder that is not ours stays, through --overwrite too."""
+    out = tmp_path / "stale"
+    scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False,
+         executor="processes", workers=1)
+    folder = out / ".scan-state" / "staged"
+    stale = folder / f"{'a' * 16}.{'0' * 32}.events.parquet"
+    stale_piece = folder / f"{'b' * 16}-1.{'1' * 32}.piece.npz"
+    mine = folder / "my-notes.txt"
+    for p in (stale, stale_piece, mine):
+        p.write_bytes(b"x")
+    scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False,
+         executor="processes", workers=1)  # everything done: a resume that commits nothing
+    assert not stale.exists() and not stale_piece.exists() and mine.read_bytes() == b"x"
+    assert_same(out, serial_out)
+    scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", progress=False, overwrite=True)
+    assert mine.read_bytes() == b"x"
+
+
 def test_executor_is_not_a_run_parameter(corpus, tiny_checkpoint, client, serial_out, tmp_path, monkeypatch):
     """A serial scan interrupted after 3 commits resumes on the Dask cluster (same parameters),
     scans only the rest, and ends equal to the uninterrupted scan."""
@@ -178,7 +225,7 @@ def test_split_recording_equals_unsplit(tiny_model, tmp_path):
             {k: v for k, v in whole.record.items() if k != "scan_seconds"}
 
 
-def test_split_on_the_cluster_equals_unsplit(tiny_checkpoint, client, tmp_path):
+def test_split_on_the_cluster_equals_unsplit(tiny_checkpoint, client, tmp_path, monkeypatch):
     """--piece-hours on Dask: the pieces of one recording run on both workers, are merged by the
     client, and the outputs equal the unsplit serial scan byte for byte (no resampling here)."""
     folder = tmp_path / "in"
@@ -189,8 +236,14 @@ def test_split_on_the_cluster_equals_unsplit(tiny_checkpoint, client, tmp_path):
     run = ScanRun([folder], split, CONFIG, load_checkpoint(tiny_checkpoint, "cpu"), save_window_scores=True,
                   cluster=client, piece_seconds=32.0)
     assert len(run.tasks(run.recordings)) == 4  # 32-window pieces, at hop 1 s, of 100 windows
+    from primate_monitor.scan_execute import PieceCollector
+
+    arrived, real_add = [], PieceCollector.add
+    monkeypatch.setattr(PieceCollector, "add", lambda self, r: (arrived.append(r.staged is not None), real_add(self, r))[1])
     run.run(progress=False)
+    assert arrived == [True] * 4  # each piece's scores came through the output folder, not the scheduler
     assert_same(split, whole)
+    assert not any((split / ".scan-state" / "staged").iterdir())  # the pieces' staged scores were read and removed
 
 
 def test_worker_killed_mid_run(corpus, tiny_checkpoint, client, serial_out, tmp_path):
