@@ -60,6 +60,8 @@ def _weights_version(network: torch.nn.Module) -> tuple:
 def cpu_inference_network(network: torch.nn.Module) -> torch.nn.Module:
     """``fold_batch_norms(network)``, made once per network and weights, not once per recording:
     a scan creates a scorer per file, and re-folding means a fresh copy of the weights each time."""
+    if getattr(network, "inference_ready", False):  # already folded (prepare_model folds the networks it loads)
+        return network
     key, version = id(network), _weights_version(network)
     cached = _FOLDED.get(key)
     if cached is not None and cached[0] is network and cached[1] == version:
@@ -137,7 +139,9 @@ def fold_batch_norms(network: torch.nn.Module) -> torch.nn.Module:
                 del module._modules[name]
             for k, layer in enumerate(merged):
                 module.add_module(str(k), layer)
-    return folded.to(memory_format=torch.channels_last)
+    folded = folded.to(memory_format=torch.channels_last)
+    folded.inference_ready = True  # for inference only: the scorers use it as it is
+    return folded
 
 
 class SampleBuffer:

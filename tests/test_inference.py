@@ -250,3 +250,29 @@ def test_score_recordings_matches_score_recording_and_reports_bad_files(tiny_mod
         np.testing.assert_allclose(got.starts_s, alone.starts_s)
         np.testing.assert_allclose(got.scores, alone.scores, atol=1e-5)
         assert got.duration_s == alone.duration_s and got.info == alone.info and got.error is None
+
+
+def test_prepare_model_keeps_only_the_folded_copy(tiny_checkpoint):
+    """A checkpoint that prepare_model loads for an fp32 CPU scan is folded once and kept folded:
+    the scorer uses it as it is (no second copy), and scores equal the unfolded model's."""
+    import numpy as np
+    import torch
+
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.inference import cpu_inference_network, score_stream
+    from primate_monitor.scanner import ScanConfig, prepare_model
+
+    def batch_norms(network):
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
+
+    folded = prepare_model(tiny_checkpoint, ScanConfig())
+    unfolded = load_checkpoint(tiny_checkpoint)
+    assert batch_norms(folded.network) <= 1 < batch_norms(unfolded.network)  # only bn0 (no conv before it) stays
+    assert cpu_inference_network(folded.network) is folded.network
+    audio = np.random.default_rng(3).normal(0, 0.1, 8000 * 20).astype(np.float32)
+    for mode in ("fast", "exact"):
+        a = score_stream(folded, [audio], 8000, mode=mode)
+        b = score_stream(unfolded, [audio], 8000, mode=mode)
+        np.testing.assert_array_equal(a.starts, b.starts)
+        np.testing.assert_array_equal(a.scores, b.scores)  # the same folding, done earlier
+    assert prepare_model(tiny_checkpoint, ScanConfig(precision="fp32"), "cpu").network.inference_ready
