@@ -230,6 +230,9 @@ class StreamScorer:
             limit_heap_growth()
         elif precision != "fp32":
             raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+        elif getattr(self.network, "is_int8", False):  # never run int8 under an fp32 label
+            raise ValueError(f"{model.path}: this model was prepared for --precision int8; load the checkpoint "
+                             "again to scan in fp32")
         elif self.cuda:  # cuDNN's fastest bf16 convolutions want NHWC
             self.network = self.network.to(memory_format=torch.channels_last)
         elif self.device.type == "cpu":  # BatchNorm folded into the convolutions, NHWC (oneDNN's fast layout)

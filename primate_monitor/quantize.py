@@ -19,6 +19,11 @@ The trunk's ``bn0`` (a per-mel-bin normalisation) and the head stay in float32; 
 (``torch.ao.quantization.quantize_fx``) is used because it runs eagerly, without a compiler
 and without torchao; torch marks it deprecated in favour of torchao's PT2E, which needs
 ``torch.compile`` to reach int8 kernels (left for later: docs/benchmarks.md).
+
+FX is needed to calibrate, but for the PANNs CNNs (CNN6, CNN10: the bundled model and the
+paper's) not to scan: the calibration also stores the converted int8 layers, and
+``quantize_panns.Int8PannsBody`` rebuilds them without FX's tracing stack (~115 MB resident).
+Other networks are converted through FX at scan time.
 """
 
 from __future__ import annotations
@@ -152,9 +157,14 @@ def calibrate(model: LoadedModel, paths: Sequence[str | Path], out: str | Path |
     target = Path(out) if out is not None else calibration_path(model.path)
     meta = {"for_weights": weights_digest(model.network), "checkpoint": model.path.name, "engine": ENGINE, "files": used,
             "seconds": round(seconds, 3), "skipped": skipped, "torch": torch.__version__}
+    tensors = _observer_state(prepared)
+    eager = _eager_export(prepared, model)
+    if eager is not None:
+        tensors |= eager[0]
+        meta["eager"] = eager[1]
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(target) as tmp:
-        save_file(_observer_state(prepared), str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
     logger.info("int8 calibration of %s on %.1f min of audio from %d file(s) -> %s", model.path.name, seconds / 60,
                 len(used), target)
     return target
@@ -174,6 +184,29 @@ def copy_calibration(source: str | Path, dest: str | Path) -> Path | None:
     return target
 
 
+def _eager_export(prepared: torch.fx.GraphModule, model: LoadedModel) -> tuple[dict, dict] | None:
+    """The converted int8 layers as tensors for ``quantize_panns`` (PANNs CNNs only), kept only
+    when the eager rebuild gives exactly the converted graph's output."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    from .quantize_panns import Int8PannsBody, export
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = convert_fx(copy.deepcopy(prepared))
+    exported = export(converted, model.network)
+    if exported is None:
+        return None
+    frames = model.info.frontend.frames(round(model.info.clip_seconds * model.info.sample_rate))
+    probe = torch.randn(2, 1, frames * 2, model.info.frontend.n_mels, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        same = torch.equal(converted(probe), Int8PannsBody(*exported)(probe))
+    if not same:
+        logger.warning("the eager int8 rebuild differs from FX's; scans will build the int8 network through FX")
+        return None
+    return exported
+
+
 class Int8Classifier(nn.Module):
     """A network whose body runs in int8; ``bn0`` and the head stay float32. It offers what the
     scorers use (``trunk``, ``head``, ``forward``, ``fast_path``, ``time_stride``)."""
@@ -185,6 +218,8 @@ class Int8Classifier(nn.Module):
         self.fast_path = network.fast_path
         self.time_stride = network.time_stride
         self.embedding_dim = network.embedding_dim
+        self.inference_ready = True  # nothing to fold: cpu_inference_network passes it through
+        self.is_int8 = True
 
     @property
     def head(self) -> nn.Module:
@@ -206,8 +241,9 @@ def int8_network(model: LoadedModel) -> Int8Classifier:
     """``model``'s network with an int8 body, from the calibration beside its checkpoint; made
     once per checkpoint and calibration in a process (a scan builds a scorer per recording)."""
     from safetensors import safe_open
-    from torch.ao.quantization.quantize_fx import convert_fx
 
+    if isinstance(model.network, Int8Classifier):  # prepare_model already swapped it in
+        return model.network
     if next(model.network.parameters()).device.type != "cpu":
         raise ValueError("--precision int8 runs on the CPU only (torch's int8 kernels are CPU kernels); "
                          "on a GPU use the default precision, which runs in bf16 there")
@@ -229,16 +265,30 @@ def int8_network(model: LoadedModel) -> Int8Classifier:
         raise CheckpointError(f"{path}: this calibration was made for other weights (those of "
                               f"{(meta or {}).get('checkpoint')!s}, not those of {model.path.name}); "
                               f"run `primate-monitor quantize {model.path} --calibrate AUDIO...` again")
-    prepared = _prepared(model)
-    expected = set(_observer_state(prepared))
-    if set(tensors) != expected:
-        raise CheckpointError(f"{path}: its observers do not match this network as traced by torch {torch.__version__} "
-                              f"(made with torch {meta.get('torch')}); run `primate-monitor quantize` again")
-    prepared.load_state_dict(tensors, strict=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        body = convert_fx(prepared)
-    network = Int8Classifier(copy.deepcopy(model.network).cpu().eval(), body).eval()
+    fp32 = copy.deepcopy(model.network).cpu().eval()
+    if meta.get("eager"):  # a PANNs CNN: rebuilt from the stored int8 layers, no FX (quantize_panns)
+        from .quantize_panns import Int8PannsBody
+
+        try:
+            body = Int8PannsBody(tensors, meta["eager"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: its int8 layers do not fit this network ({exc}); "
+                                  "run `primate-monitor quantize` again") from exc
+        fp32.blocks = nn.ModuleList()  # the body runs in int8; only bn0 and the head stay float
+    else:
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        prepared = _prepared(model)
+        observers = {k: v for k, v in tensors.items() if OBSERVER in k}
+        if set(observers) != set(_observer_state(prepared)):
+            raise CheckpointError(f"{path}: its observers do not match this network as traced by torch "
+                                  f"{torch.__version__} (made with torch {meta.get('torch')}); run `primate-monitor "
+                                  "quantize` again")
+        prepared.load_state_dict(observers, strict=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            body = convert_fx(prepared)
+    network = Int8Classifier(fp32, body).eval()
     _CACHE.clear()  # one model at a time, as cpu_inference_network
     _CACHE[key] = network
     return network

@@ -226,7 +226,7 @@ def piece_grid(model: LoadedModel, config: ScanConfig) -> PieceGrid:
     """The grid pieces are cut on, for this model and scan configuration."""
     sr = model.info.sample_rate
     hop = config.hop_samples(sr)
-    scorer = make_scorer(model, hop, config.batch_size, config.mode)
+    scorer = make_scorer(model, hop, config.batch_size, config.mode, precision=config.precision)
     column = int(getattr(scorer, "stride", 1)) * int(getattr(scorer, "fe_hop", 1))  # samples per trunk column
     granule = math.lcm(int(scorer.group), column // math.gcd(hop, column))
     far = granule * 10_000  # a window index far from the start, where no clamping applies

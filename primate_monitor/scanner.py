@@ -193,7 +193,8 @@ def prepare_model(model: LoadedModel | str | Path | None, config: ScanConfig, de
 
     if config.precision == "int8" and device == "auto":
         device = "cpu"  # int8 kernels are CPU kernels
-    if not isinstance(model, LoadedModel):
+    owned = not isinstance(model, LoadedModel)
+    if owned:
         model = load_checkpoint(model if model is not None else default_model_path(), resolve_device(device))
         if config.precision == "fp32" and next(model.network.parameters()).device.type == "cpu":
             # we loaded it, so only the folded inference copy is kept: one copy of the weights in
@@ -206,7 +207,9 @@ def prepare_model(model: LoadedModel | str | Path | None, config: ScanConfig, de
     if config.precision == "int8":  # a missing or foreign calibration fails here, before any file is scanned
         from .quantize import int8_network
 
-        int8_network(model)
+        network = int8_network(model)
+        if owned:  # keep the int8 network only, not the fp32 weights beside it
+            model = replace(model, network=network)
     return model
 
 

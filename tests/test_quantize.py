@@ -71,8 +71,10 @@ def test_int8_is_deterministic_and_equal_in_fast_and_split_scans(tiny_copy, tmp_
     quantize._CACHE.clear()
     again = score_recording(RECORDING, load_checkpoint(tiny_copy), config).scores
     np.testing.assert_array_equal(first, again)
-    fp32 = score_recording(RECORDING, model, ScanConfig()).scores
+    fp32 = score_recording(RECORDING, load_checkpoint(tiny_copy), ScanConfig()).scores
     assert np.abs(first - fp32).max() > 0
+    with pytest.raises(ValueError, match="prepared for --precision int8"):  # never int8 under an fp32 label
+        score_recording(RECORDING, model, ScanConfig())
 
     whole, split = tmp_path / "whole", tmp_path / "split"
     long = tmp_path / "rec" / "long.wav"
@@ -174,7 +176,52 @@ def test_bundled_int8_exact_mode_agrees_with_fp32():
     from primate_monitor.scanner import prepare_model, score_recording
 
     config = ScanConfig(mode="exact", hop_seconds=3.0, precision="int8")
-    model = prepare_model(default_model_path(), config)
-    a = score_recording(RECORDING, model, ScanConfig(mode="exact", hop_seconds=3.0)).scores
-    b = score_recording(RECORDING, model, config).scores
+    fp32 = ScanConfig(mode="exact", hop_seconds=3.0)
+    a = score_recording(RECORDING, prepare_model(default_model_path(), fp32), fp32).scores
+    b = score_recording(RECORDING, prepare_model(default_model_path(), config), config).scores
     assert a.shape == b.shape and 0 < np.abs(a - b).max() < 0.05
+
+
+def test_panns_int8_rebuilt_without_fx_equals_the_fx_graph(tiny_copy):
+    """The calibration stores CNN10's converted int8 layers; the eager rebuild used at scan time
+    gives exactly the output of FX's converted graph (built here from the same observers)."""
+    import json
+    import warnings
+
+    import torch
+    from safetensors import safe_open
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    from primate_monitor import quantize
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.quantize_panns import Int8PannsBody
+
+    model = load_checkpoint(tiny_copy)
+    with safe_open(str(quantize.calibration_path(tiny_copy)), "pt") as f:
+        meta = json.loads(f.metadata()[quantize.METADATA_KEY])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert meta["eager"]["blocks"] and len(meta["eager"]["blocks"]) == 4
+    prepared = quantize._prepared(model)
+    prepared.load_state_dict({k: v for k, v in tensors.items() if quantize.OBSERVER in k}, strict=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fx_body = convert_fx(prepared)
+    x = torch.randn(3, 1, 333, 64, generator=torch.Generator().manual_seed(5)) * 4 - 2
+    with torch.no_grad():
+        assert torch.equal(fx_body(x), Int8PannsBody(tensors, meta["eager"])(x))
+    quantize._CACHE.clear()
+    net = quantize.int8_network(model)
+    assert isinstance(net.body, Int8PannsBody) and len(net.network.blocks) == 0  # no fp32 conv weights kept
+
+
+def test_int8_scan_does_not_import_fx_tracing(tmp_path, tiny_copy):
+    """The point of the eager rebuild: a PANNs int8 scan never imports torch._dynamo (the FX
+    tracing stack costs ~115 MB resident), checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from primate_monitor.scanner import ScanConfig, prepare_model, score_recording; "
+            f"c = ScanConfig(precision='int8'); m = prepare_model({str(tiny_copy)!r}, c); "
+            f"score_recording({str(RECORDING)!r}, m, c); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == "False"
