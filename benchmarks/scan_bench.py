@@ -244,14 +244,19 @@ def long_rss(args: argparse.Namespace) -> None:
     print(f"| {args.long_hours:g} h, 16 kHz | {args.hop:g} s | fast | {r['seconds']:.0f} | {r['xrt']:.1f} | {r['peak_rss_mb']:.0f} |")
 
 
+def species_columns(model) -> list[int]:
+    """Score columns of the species (every class but the reject class)."""
+    reject = model.info.classes.index(model.info.reject_class)
+    return [k for k in range(len(model.info.classes)) if k != reject]
+
+
 def agreement(args: argparse.Namespace) -> None:
     """Per-window decisions (score >= 0.5, per class) of fast vs exact on real recordings."""
     from primate_monitor.checkpoint import load_checkpoint
     from primate_monitor.scanner import ScanConfig, score_recording
 
     model = load_checkpoint(args.agreement[0])
-    reject = model.info.classes.index(model.info.reject_class)
-    species = [k for k in range(len(model.info.classes)) if k != reject]
+    species = species_columns(model)
     print("| recording | hop | windows | decisions equal | windows with any species, exact / fast | max abs score diff |")
     print("|---|---|---|---|---|---|")
     totals = np.zeros(2)
@@ -275,8 +280,7 @@ def int8_agreement(args: argparse.Namespace) -> None:
 
     model = load_checkpoint(args.int8_agreement[0])
     prepare_model(model, ScanConfig(precision="int8"))
-    reject = model.info.classes.index(model.info.reject_class)
-    species = [k for k in range(len(model.info.classes)) if k != reject]
+    species = species_columns(model)
     print("| recording | windows | max abs score diff | 99th pct | decisions equal | events fp32 / int8 / same |")
     print("|---|---|---|---|---|---|")
     totals = np.zeros(4)
