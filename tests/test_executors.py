@@ -271,6 +271,7 @@ def test_worker_killed_mid_run(corpus, tiny_checkpoint, client, serial_out, tmp_
     assert 0 < killed["done_before"] < N_GOOD + 2, "the kill must land while recordings are still running"
     assert summary.scanned == N_GOOD
     assert_same(out, serial_out)
+    assert not any((out / ".scan-state" / "staged").iterdir())  # no orphan of the killed attempt stays
     client.wait_for_workers(2, timeout=60)  # the nanny brought it back
     assert pids[0] not in client.run(os.getpid).values()
 
