@@ -73,20 +73,22 @@ def cpu_inference_network(network: torch.nn.Module) -> torch.nn.Module:
 
 
 _HEAP_LIMITED = False
-MMAP_THRESHOLD_BYTES = 1024 * 1024
+MMAP_THRESHOLD_BYTES = 256 * 1024
 
 
 def limit_heap_growth() -> None:
-    """Ask glibc to serve allocations of 1 MB and more (the trunk's activation maps, STFT
-    buffers, decoded blocks) from mmap, returned to the system when freed, for the rest of
-    the process.
+    """Ask glibc to serve allocations of 256 KB and more (the trunk's activation maps, STFT
+    buffers, decoded blocks, resampled segments) from mmap, returned to the system when freed,
+    for the rest of the process.
 
     Why: by default glibc raises its mmap threshold after the first large free, so later
     multi-MB buffers come from the heap, where they fragment it and the resident size creeps
     with the recording's length (docs/benchmarks.md: 424 -> 536 MB over 2 h at 48 kHz; 690 ->
-    830 MB over 22 h before). With a fixed 1 MB threshold it stays flat (~405 MB); 4 MB was
-    not enough (the trunk's deeper maps are 2-4 MB). A ``MALLOC_MMAP_THRESHOLD_`` in the
-    environment wins. No-op off Linux/glibc."""
+    830 MB over 22 h before). A fixed 1 MB threshold kept ``score_recording`` flat (~405 MB),
+    but through the CLI the peak still crept, to 476-524 MB over 2 h: buffers between 256 KB and
+    1 MB (the 15 s resampled segments are just under 1 MB at 16 kHz) still came from the heap.
+    At 256 KB the CLI's curve is flat (peak 437 MB), at the same speed. 4 MB was not enough. A ``MALLOC_MMAP_THRESHOLD_`` in the environment
+    wins. No-op off Linux/glibc."""
     global _HEAP_LIMITED
     if _HEAP_LIMITED:
         return
