@@ -22,23 +22,18 @@ def quantize(checkpoint: Path, audio: tuple[Path, ...], seconds_per_file: float,
     """Calibrate CHECKPOINT for `scan --precision int8`: record the activation ranges of its
     convolutions on real audio and save them beside the checkpoint. Then compare an int8 scan
     with an fp32 scan of your own audio before relying on it."""
-    from .audio import audio_extensions
+    from .audio import find_audio_files
     from .checkpoint import load_checkpoint
     from .cli import USER_ERRORS, _fail
     from .quantize import calibrate
 
     try:
         files: list[Path] = []
-        for p in audio:
-            if p.is_dir():
-                found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix[1:].lower() in audio_extensions())
-                if not found:
-                    raise ValueError(f"{p}: no audio files in this folder")
-                files += found
-            elif p.is_file():
-                files.append(p)
-            else:
-                raise FileNotFoundError(f"{p}: no such file or folder")
+        for p in audio:  # the scan's own discovery: a missing path is an error, a folder is walked
+            found = [f for _, f in find_audio_files([p])]
+            if not found:
+                raise ValueError(f"{p}: no audio files in this folder")
+            files += found
         model = load_checkpoint(checkpoint)
         path = calibrate(model, files, out, seconds_per_file)
     except (*USER_ERRORS, OSError) as e:

@@ -87,8 +87,8 @@ def limit_heap_growth() -> None:
     830 MB over 22 h before). A fixed 1 MB threshold kept ``score_recording`` flat (~405 MB),
     but through the CLI the peak still crept, to 476-524 MB over 2 h: buffers between 256 KB and
     1 MB (the 15 s resampled segments are just under 1 MB at 16 kHz) still came from the heap.
-    At 256 KB the CLI's curve is flat (peak 437 MB), at the same speed. 4 MB was not enough. A ``MALLOC_MMAP_THRESHOLD_`` in the environment
-    wins. No-op off Linux/glibc."""
+    At 256 KB the CLI's curve is flat (peak 437 MB), at the same speed. 4 MB was not enough.
+    A ``MALLOC_MMAP_THRESHOLD_`` in the environment wins. No-op off Linux/glibc."""
     global _HEAP_LIMITED
     if _HEAP_LIMITED:
         return

@@ -32,6 +32,7 @@ import copy
 import json
 import logging
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, LoadedModel, file_sha256
+from .checkpoint import CheckpointError, LoadedModel
 from .fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,28 @@ def _engine() -> None:
     torch.backends.quantized.engine = ENGINE
 
 
+def _check_replaceable(target: Path) -> None:
+    """Refuse to write over a file that is not an int8 calibration: primate-monitor never
+    replaces what it did not write."""
+    if not target.exists():
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(target), framework="pt") as f:
+            ours = METADATA_KEY in (f.metadata() or {})
+    except Exception:  # not safetensors at all
+        ours = False
+    if not ours:
+        raise ValueError(f"{target} exists and is not an int8 calibration that primate-monitor wrote; "
+                         "choose another output path")
+
+
+def _window_frames(model: LoadedModel) -> int:
+    """Log-mel frames in one of the model's windows."""
+    return model.info.frontend.frames(round(model.info.clip_seconds * model.info.sample_rate))
+
+
 def _prepared(model: LoadedModel) -> torch.fx.GraphModule:
     """The network's body traced, conv+BN+ReLU fused, with an observer on every activation."""
     from torch.ao.quantization import get_default_qconfig_mapping
@@ -84,8 +107,7 @@ def _prepared(model: LoadedModel) -> torch.fx.GraphModule:
 
     _engine()
     network = copy.deepcopy(model.network).cpu().eval()
-    example = torch.zeros(1, 1, model.info.frontend.frames(round(model.info.clip_seconds * model.info.sample_rate)),
-                          model.info.frontend.n_mels)
+    example = torch.zeros(1, 1, _window_frames(model), model.info.frontend.n_mels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the FX API's deprecation notice (see the module docstring)
         return prepare_fx(_Body(network).eval(), get_default_qconfig_mapping(ENGINE), (example,))
@@ -121,13 +143,15 @@ def calibrate(model: LoadedModel, paths: Sequence[str | Path], out: str | Path |
     from .audio import AudioReadError, load_audio
     from .frontend import LogMel
 
+    target = Path(out) if out is not None else calibration_path(model.path)
+    _check_replaceable(target)
     if not paths:
         raise ValueError("give at least one audio file to calibrate on")
     if seconds_per_file <= 0:
         raise ValueError(f"seconds per file must be positive, got {seconds_per_file}")
     prepared = _prepared(model)
     frontend = LogMel(model.info.frontend)
-    network = model.network.cpu().eval()
+    bn0 = copy.deepcopy(model.network.bn0).cpu().eval()  # a copy: the caller's model keeps its device and mode
     sr = model.info.sample_rate
     chunk = int(CALIBRATION_CHUNK_S * sr)
     used: list[str] = []
@@ -149,12 +173,11 @@ def calibrate(model: LoadedModel, paths: Sequence[str | Path], out: str | Path |
                 piece = audio[a:a + chunk]
                 if piece.size < sr:
                     break
-                prepared(network.bn0(frontend(torch.from_numpy(np.ascontiguousarray(piece))[None])))
+                prepared(bn0(frontend(torch.from_numpy(np.ascontiguousarray(piece))[None])))
             used.append(Path(path).name)
             seconds += audio.size / sr
     if not used:
         raise ValueError("no calibration file could be used: " + "; ".join(skipped))
-    target = Path(out) if out is not None else calibration_path(model.path)
     meta = {"for_weights": weights_digest(model.network), "checkpoint": model.path.name, "engine": ENGINE, "files": used,
             "seconds": round(seconds, 3), "skipped": skipped, "torch": torch.__version__}
     tensors = _observer_state(prepared)
@@ -179,6 +202,7 @@ def copy_calibration(source: str | Path, dest: str | Path) -> Path | None:
     if not src.is_file():
         return None
     target = calibration_path(dest)
+    _check_replaceable(target)
     with atomic_write(target) as tmp:
         shutil.copyfile(src, tmp)
     return target
@@ -197,8 +221,8 @@ def _eager_export(prepared: torch.fx.GraphModule, model: LoadedModel) -> tuple[d
     exported = export(converted, model.network)
     if exported is None:
         return None
-    frames = model.info.frontend.frames(round(model.info.clip_seconds * model.info.sample_rate))
-    probe = torch.randn(2, 1, frames * 2, model.info.frontend.n_mels, generator=torch.Generator().manual_seed(0)) * 3
+    probe = torch.randn(2, 1, _window_frames(model) * 2, model.info.frontend.n_mels,
+                        generator=torch.Generator().manual_seed(0)) * 3
     with torch.no_grad():
         same = torch.equal(converted(probe), Int8PannsBody(*exported)(probe))
     if not same:
@@ -234,7 +258,11 @@ class Int8Classifier(nn.Module):
         return self.network.classify(self.trunk(x))
 
 
-_CACHE: dict[tuple[str, str], Int8Classifier] = {}
+# the last int8 network built: (fp32 network, its weights' versions, calibration file's stat) -> it.
+# Keyed cheaply like inference.cpu_inference_network, because a scan builds a scorer per recording
+# and hashing the weights and the file each time would cost ~50 ms a recording.
+# A weak reference, so that the fp32 network prepare_model swaps out is freed.
+_CACHE: dict[str, tuple[weakref.ref, tuple, tuple, Int8Classifier]] = {}
 
 
 def int8_network(model: LoadedModel) -> Int8Classifier:
@@ -251,17 +279,21 @@ def int8_network(model: LoadedModel) -> Int8Classifier:
     if not path.is_file():
         raise CheckpointError(f"{model.path}: no int8 calibration beside it ({path.name}); make one with "
                               f"`primate-monitor quantize {model.path} --calibrate AUDIO...`, or scan with --precision fp32")
-    key = (weights_digest(model.network), file_sha256(path))
-    cached = _CACHE.get(key)
-    if cached is not None:
-        return cached
+    from .inference import _weights_version
+
+    version, stat = _weights_version(model.network), path.stat()
+    identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    cached = _CACHE.get("last")
+    if cached is not None and cached[0]() is model.network and cached[1] == version and cached[2] == identity:
+        return cached[3]
+    digest = weights_digest(model.network)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get(METADATA_KEY, "null"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for a damaged file
         raise CheckpointError(f"{path}: not a readable int8 calibration ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("for_weights") != key[0]:
+    if not isinstance(meta, dict) or meta.get("for_weights") != digest:
         raise CheckpointError(f"{path}: this calibration was made for other weights (those of "
                               f"{(meta or {}).get('checkpoint')!s}, not those of {model.path.name}); "
                               f"run `primate-monitor quantize {model.path} --calibrate AUDIO...` again")
@@ -289,6 +321,5 @@ def int8_network(model: LoadedModel) -> Int8Classifier:
             warnings.simplefilter("ignore")
             body = convert_fx(prepared)
     network = Int8Classifier(fp32, body).eval()
-    _CACHE.clear()  # one model at a time, as cpu_inference_network
-    _CACHE[key] = network
+    _CACHE["last"] = (weakref.ref(model.network), version, identity, network)  # one model at a time, as cpu_inference_network
     return network

@@ -413,16 +413,17 @@ _NO_STAGE_WARNED: set[str] = set()
 
 
 def staged(result: TaskResult, stage: str | None) -> TaskResult:
-    """``result`` with its parts written to the stage folder (``scan_stage``) when this process
-    can see it, so only file names go back to the client; else ``result`` itself."""
-    if stage is None or isinstance(result, StagedResult):
+    """``result`` (fresh from ``run_task``) with its parts written to the stage folder
+    (``scan_stage``) when this process can see it, so only file names go back to the client;
+    else ``result`` itself."""
+    if stage is None:
         return result
     folder = Path(stage)
     try:
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: not visible from this worker")
         if isinstance(result, PieceScores):
-            if result.staged is not None or not len(result.starts):
+            if not len(result.starts):  # nothing to stage
                 return result
             from dataclasses import replace
 

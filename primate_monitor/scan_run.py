@@ -34,7 +34,7 @@ from .scan_execute import (EXECUTORS, DaskExecutor, Executor, ModelRef, PieceCol
                            scan_one, windows_frame)
 from .scan_finalize import FAILURE_COLUMNS, RECORDING_COLUMNS, ScanSummary, finalize
 from .scan_plan import Recording, ScanError, plan_recordings
-from .scan_stage import StagedResult, clear_stale, stage_dir
+from .scan_stage import StagedResult
 from .scan_state import STATE_DIR, ScanState
 from .scanner import ScanConfig, prepare_model, with_model_thresholds
 
@@ -204,7 +204,7 @@ class ScanRun:
             bar.close()
         # every task is committed and the workers are gone: a staged file still here is a killed
         # attempt's, which nothing will commit
-        clear_stale(stage_dir(self.state.dir))
+        self.state.clear_staged()
         return finalize(self.state, time.perf_counter() - t0, done_before)
 
 

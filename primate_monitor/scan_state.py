@@ -196,11 +196,17 @@ class ScanState:
     def stage_folder(self) -> Path:
         """Where workers write parts for the client to commit (``scan_stage``), emptied of
         what an interrupted run left and created."""
+        folder = self.clear_staged()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def clear_staged(self) -> Path:
+        """Delete staged parts no one will commit (ours by name; other files stay); returns
+        the stage folder."""
         from .scan_stage import clear_stale, stage_dir
 
         folder = stage_dir(self.dir)
         clear_stale(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     def forget(self, key: str) -> None:
@@ -255,10 +261,7 @@ class ScanState:
             _unlink(self.dir / name)
         for leftover in self.dir.glob(".*.tmp"):  # our atomic_write temps, left by a kill -9
             _unlink(leftover)
-        from .scan_stage import clear_stale, stage_dir
-
-        staged = stage_dir(self.dir)
-        clear_stale(staged)
+        staged = self.clear_staged()
         try:
             staged.rmdir()
         except OSError:  # absent, or holding files that are not ours

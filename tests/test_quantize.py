@@ -127,6 +127,11 @@ def test_quantize_refuses_bad_input(tiny_copy, tmp_path):
     result = _run(["quantize", str(tiny_copy), "--calibrate", str(broken), "-o", str(tmp_path / "c.int8.safetensors")])
     assert result.exit_code == 2 and "broken.wav" in result.output
     assert not (tmp_path / "c.int8.safetensors").exists()
+    mine = tmp_path / "notes.txt"  # a file the tool did not write is never replaced
+    mine.write_text("field notes")
+    result = _run(["quantize", str(tiny_copy), "--calibrate", str(RECORDING), "-o", str(mine)])
+    assert result.exit_code == 2 and "not an int8 calibration" in result.output
+    assert mine.read_text() == "field notes"
 
 
 def test_set_thresholds_copy_keeps_the_calibration(tiny_copy, tmp_path):
