@@ -173,7 +173,7 @@ def scan_phase(args: argparse.Namespace) -> None:
     paths = make_files(scratch / "audio48k", n_files, seconds)
     log(f"{n_files} x {seconds:g} s of 48 kHz audio ready in {scratch / 'audio48k'} ({time.perf_counter() - t:.1f} s)")
     model = make_model(scratch / "cnn10_16k_init.safetensors", device)
-    config = ScanConfig(hop_seconds=1.0, mode="fast")
+    config = ScanConfig(hop_seconds=1.0, mode="fast", precision="fp32")
     t = time.perf_counter()
     timed_scan(paths[:1], model, config, 1)  # warm-up: CUDA context, cuDNN plans, pinned allocator
     log(f"warm-up scan of one file: {time.perf_counter() - t:.1f} s")

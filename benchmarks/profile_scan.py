@@ -91,6 +91,7 @@ def main() -> None:
     p.add_argument("--scratch", default="/tmp/pm-prof")
     p.add_argument("--hop", type=float, default=1.0)
     p.add_argument("--mode", default="fast")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "int8"])
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--no-timers", action="store_true", help="Run the scan as is (for py-spy).")
     args = p.parse_args()
@@ -111,7 +112,7 @@ def main() -> None:
     model = load_checkpoint(ckpt, torch.device("cpu"))
     if not args.no_timers:
         install_timers(inference, model)
-    config = ScanConfig(hop_seconds=args.hop, mode=args.mode)
+    config = ScanConfig(hop_seconds=args.hop, mode=args.mode, precision=args.precision)
     t0 = time.perf_counter()
     scores = score_recording(audio_path, model, config)
     with timed("events"):

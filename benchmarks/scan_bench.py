@@ -4,7 +4,7 @@
     python benchmarks/scan_bench.py --long-hours 24 --scratch /tmp/pm-bench     # peak RSS on 24 h
     python benchmarks/scan_bench.py --agreement CKPT PATH...                     # fast vs exact
     python benchmarks/scan_bench.py --side-by-side --hours 0.25 --pairs 3        # ratio naive/ours
-    python benchmarks/scan_bench.py --side-by-side --int8 --hours 0.1 --pairs 3  # ... and ours in int8
+    python benchmarks/scan_bench.py --side-by-side --int8 --hours 0.1 --pairs 3  # ... and ours auto (int8)
     python benchmarks/scan_bench.py --int8-agreement CKPT PATH...                # int8 vs fp32
 
 Each measurement runs in its own child process so that its peak RSS is its own. Test
@@ -153,8 +153,9 @@ def run_baseline(ckpt: str, audio: str, hop: float, device: str, batch_size: int
 def side_by_side(args: argparse.Namespace) -> None:
     """Ours (fast mode, the scan's default at hop 1 s) against the naive pipeline, interleaved
     A B A B ... in one process, so that both see the same load on a shared machine; the
-    ratio is the median over the pairs. ``--int8`` adds ours with ``precision="int8"`` to each
-    round (A B C A B C ...), its calibration made first on the sample recordings."""
+    ratio is the median over the pairs. ``--int8`` adds ours with the scan's default precision,
+    ``auto``, to each round (A B C A B C ...), after calibrating the checkpoint on the sample
+    recordings; it prints what auto chose (int8 when the calibration's agreement check passed)."""
     import statistics
 
     import torch
@@ -168,15 +169,18 @@ def side_by_side(args: argparse.Namespace) -> None:
 
     if args.int8:
         from primate_monitor.checkpoint import load_checkpoint
-        from primate_monitor.quantize import calibrate, calibration_path
+        from primate_monitor.quantize import auto_precision, calibrate, calibration_path, read_calibration
 
-        if not calibration_path(ckpt).is_file():
+        path = calibration_path(ckpt)
+        if not path.is_file() or "agreement" not in read_calibration(path, tensors=False)[0]:
             calibrate(load_checkpoint(ckpt), SOURCES, seconds_per_file=120)
+        chosen, why = auto_precision(load_checkpoint(ckpt, "cpu"))
+        print(f"# --precision auto (the default) chooses {chosen}: {why}")
     librosa_logmel(np.zeros(48000, dtype=np.float32), FrontEndConfig(sample_rate=16000))  # warm-up: librosa's imports
     pairs, pairs8 = [], []
     print(f"# {platform.node()}, {time.strftime('%Y-%m-%d %H:%M')}, {args.hours * 60:g} min of 48 kHz audio, "
           f"CNN10-16k, hop {args.hop:g} s, torch threads {torch.get_num_threads()}")
-    extra = " ours int8 (s) | int8 x real time | naive / ours int8 |" if args.int8 else ""
+    extra = " ours auto (s) | auto x real time | naive / ours auto |" if args.int8 else ""
     print("| pair | ours (s) | ours x real time | naive (s) | naive x real time | naive / ours |" + extra)
     print("|---|---|---|---|---|---|" + ("---|---|---|" if args.int8 else ""))
     for k in range(args.pairs):
@@ -186,13 +190,13 @@ def side_by_side(args: argparse.Namespace) -> None:
                f"{base['audio_s'] / base['seconds']:.1f} | {base['seconds'] / ours['seconds']:.2f}x |")
         pairs.append(base["seconds"] / ours["seconds"])
         if args.int8:
-            q = run_ours(str(ckpt), str(audio), args.hop, "fast", args.device, "int8")
+            q = run_ours(str(ckpt), str(audio), args.hop, "fast", args.device, "auto")
             pairs8.append(base["seconds"] / q["seconds"])
             row += f" {q['seconds']:.1f} | {q['audio_s'] / q['seconds']:.1f} | {pairs8[-1]:.2f}x |"
         print(row, flush=True)
     print(f"\nmedian ratio naive/ours over {len(pairs)} pairs: {statistics.median(pairs):.2f}x")
     if pairs8:
-        print(f"median ratio naive/ours-int8 over {len(pairs8)} pairs: {statistics.median(pairs8):.2f}x")
+        print(f"median ratio naive/ours-auto over {len(pairs8)} pairs: {statistics.median(pairs8):.2f}x")
 
 
 def child(args: argparse.Namespace) -> None:
@@ -262,8 +266,8 @@ def agreement(args: argparse.Namespace) -> None:
     totals = np.zeros(2)
     for path in args.agreement[1:]:
         for hop in (1.0, 3.0):
-            exact = score_recording(path, model, ScanConfig(hop_seconds=hop, mode="exact"))
-            fast = score_recording(path, model, ScanConfig(hop_seconds=hop, mode="fast"))
+            exact = score_recording(path, model, ScanConfig(hop_seconds=hop, mode="exact", precision="fp32"))
+            fast = score_recording(path, model, ScanConfig(hop_seconds=hop, mode="fast", precision="fp32"))
             de, df = exact.scores[:, species] >= 0.5, fast.scores[:, species] >= 0.5
             equal = (de == df).all(axis=1)
             totals += [equal.sum(), len(equal)]
@@ -285,12 +289,12 @@ def int8_agreement(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|")
     totals = np.zeros(4)
     for path in args.int8_agreement[1:]:
-        a = score_recording(path, model, ScanConfig())
+        a = score_recording(path, model, ScanConfig(precision="fp32"))
         b = score_recording(path, model, ScanConfig(precision="int8"))
         diff = np.abs(a.scores - b.scores)
         equal = ((a.scores[:, species] >= 0.5) == (b.scores[:, species] >= 0.5)).all(axis=1)
         key = ["species", "begin_s", "end_s"]
-        ea = scan_recording(path, model, ScanConfig())[key]
+        ea = scan_recording(path, model, ScanConfig(precision="fp32"))[key]
         eb = scan_recording(path, model, ScanConfig(precision="int8"))[key]
         same = len(ea.merge(eb, on=key))
         totals += [equal.sum(), len(equal), len(ea) + len(eb), 2 * same]
@@ -312,7 +316,7 @@ def main() -> None:
                    help="Ours against the naive pipeline, interleaved in one process, on --hours of 48 kHz audio.")
     p.add_argument("--pairs", type=int, default=3, help="A/B pairs for --side-by-side.")
     p.add_argument("--agreement", nargs="+", metavar="CKPT_THEN_AUDIO", default=None)
-    p.add_argument("--int8", action="store_true", help="--side-by-side: also time ours with --precision int8.")
+    p.add_argument("--int8", action="store_true", help="--side-by-side: also time ours with the default --precision auto (int8 once calibrated).")
     p.add_argument("--int8-agreement", nargs="+", metavar="CKPT_THEN_AUDIO", default=None)
     p.add_argument("--child", choices=["fast", "exact", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)

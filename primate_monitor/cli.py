@@ -216,9 +216,11 @@ def event_options(fn):
 @click.option("--channel", type=int, default=None, help="0-based channel to scan (default: mix down).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", default=32, show_default=True, help="Windows per network call (exact mode).")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
-              help="int8: the convolutions in 8-bit integers on the CPU, about 1.5x faster, scores within ~0.01; "
-                   "needs the checkpoint's calibration (`primate-monitor quantize`; the bundled model has one).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+              help="int8: the convolutions in 8-bit integers on the CPU, about 1.6x faster, scores within ~0.01; "
+                   "needs the checkpoint's calibration (`primate-monitor quantize`; the bundled model has one). "
+                   "auto: int8 on the CPU when that calibration's own check found int8 deciding as fp32 does, "
+                   "else fp32 (run.json records which ran).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Threads decoding upcoming files (serial), or worker processes (processes).")
 @click.option("--executor", type=click.Choice(["serial", "processes", "dask"]), default=None,

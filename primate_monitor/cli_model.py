@@ -19,9 +19,9 @@ import click
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Where to write (default: CHECKPOINT's name with .int8.safetensors, beside it, where scan looks).")
 def quantize(checkpoint: Path, audio: tuple[Path, ...], seconds_per_file: float, out: Path | None) -> None:
-    """Calibrate CHECKPOINT for `scan --precision int8`: record the activation ranges of its
-    convolutions on real audio and save them beside the checkpoint. Then compare an int8 scan
-    with an fp32 scan of your own audio before relying on it."""
+    """Calibrate CHECKPOINT for int8 scans: record the activation ranges of its convolutions on
+    real audio and save them beside the checkpoint, with a check of int8 against fp32 on that
+    audio. Where the check passes, `scan` runs int8 by default on the CPU (--precision auto)."""
     from .audio import find_audio_files
     from .checkpoint import load_checkpoint
     from .cli import USER_ERRORS, _fail
@@ -38,8 +38,16 @@ def quantize(checkpoint: Path, audio: tuple[Path, ...], seconds_per_file: float,
         path = calibrate(model, files, out, seconds_per_file)
     except (*USER_ERRORS, OSError) as e:
         _fail(e)
+    from .quantize import AUTO_MAX_P99_DIFF, AUTO_MIN_DECISIONS, read_calibration
+
+    check = read_calibration(path, tensors=False)[0]["agreement"]
+    passed = check["decisions_equal"] >= AUTO_MIN_DECISIONS and check["p99_abs_diff"] <= AUTO_MAX_P99_DIFF
     click.echo(f"int8 calibration from {len(files)} file(s) -> {path}\n"
-               f"  scan with: primate-monitor scan ... --model {checkpoint} --precision int8")
+               f"  int8 against fp32 on {check['windows']} windows of that audio: {100 * check['decisions_equal']:.1f} % "
+               f"same decisions, 99th percentile score difference {check['p99_abs_diff']:.4f}\n"
+               + (f"  scans of {checkpoint} on the CPU now run in int8 by default (--precision auto; fp32 with --precision fp32)"
+                  if passed else f"  below what --precision auto asks ({100 * AUTO_MIN_DECISIONS:.0f} %, {AUTO_MAX_P99_DIFF}): "
+                  f"scans stay fp32 unless --precision int8"))
 
 
 def register(group: click.Group) -> None:

@@ -67,6 +67,9 @@ class TrainConfig:
     cache_dir: str | None = None  # decoded-audio cache; None means OUT/cache
     workers: int = 1  # processes for decoding clips
     init_from: str | None = None  # checkpoint whose weights start the run (fine-tuning); None: random
+    # seconds of training clips on which best.safetensors is calibrated for int8 scans at the end
+    # (best.int8.safetensors; scan --precision auto uses it where int8 agrees with fp32); 0: none
+    int8_calibration_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -108,7 +111,7 @@ class TrainConfig:
 
 
 # Keys that say how a run is carried out, not what it learns (see TrainConfig.recipe).
-RUN_OPTIONS = frozenset({"device", "workers", "cache_dir", "log_every", "iterations"})
+RUN_OPTIONS = frozenset({"device", "workers", "cache_dir", "log_every", "iterations", "int8_calibration_seconds"})
 
 
 # One line per key for `primate-monitor config-keys`; kept beside the dataclass so a new
@@ -139,6 +142,7 @@ KEY_HELP: dict[str, str] = {
     "eval_hop_seconds": "hop of the windows over a devel clip longer than clip_seconds, s",
     "log_every": "steps between progress-bar updates",
     "init_from": "checkpoint (.safetensors) whose weights start training, e.g. to fine-tune with hard negatives; same model, classes and sample rate; default: random weights",
+    "int8_calibration_seconds": "seconds of training clips on which best.safetensors is calibrated for int8 scans when training ends (scan --precision auto uses int8 only where that calibration agrees with fp32); 0: none",
     "seed": "random seed (initial weights, sampler, augmentation, devel hold-out)",
     "device": "auto (CUDA when available), cpu or cuda",
     "data_format": "layout of DATA: auto, compare (lab/*.csv), folders (one per class) or raven",

@@ -225,13 +225,17 @@ class StreamScorer:
         self.network = model.network.eval()
         self.device = next(self.network.parameters()).device
         self.cuda = self.device.type == "cuda"
-        if precision == "int8":  # opt-in: the body in int8 from the checkpoint's calibration (quantize.py)
+        if precision == "auto":  # a library caller's: int8 where the calibration allows it (quantize.auto_precision)
+            from .quantize import auto_precision
+
+            precision = auto_precision(model)[0]
+        if precision == "int8":  # the body in int8 from the checkpoint's calibration (quantize.py)
             from .quantize import int8_network
 
             self.network = int8_network(model)
             limit_heap_growth()
         elif precision != "fp32":
-            raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+            raise ValueError(f"precision must be auto, fp32 or int8, got {precision!r}")
         elif getattr(self.network, "is_int8", False):  # never run int8 under an fp32 label
             raise ValueError(f"{model.path}: this model was prepared for --precision int8; load the checkpoint "
                              "again to scan in fp32")
@@ -445,7 +449,7 @@ def resolve_mode(model: LoadedModel, hop_samples: int, mode: str) -> str:
 def make_scorer(model: LoadedModel, hop_samples: int, batch_size: int, mode: str,
                 spans_per_call: int | None = None, precision: str = "fp32") -> StreamScorer:
     """The scorer for ``mode``; ``spans_per_call`` None picks 1 on the CPU, SPANS_PER_CALL_CUDA on a GPU;
-    ``precision`` int8 runs the body in int8 (CPU only, opt-in: quantize.py)."""
+    ``precision`` int8 runs the body in int8 (CPU only: quantize.py); auto lets quantize.auto_precision choose."""
     # an explicit --mode fast on a network without a fast path is an error (FastScorer says so), not a silent fallback
     if resolve_mode(model, hop_samples, mode) == "fast":
         return FastScorer(model, hop_samples, batch_size, spans_per_call, precision)

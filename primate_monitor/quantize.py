@@ -3,8 +3,16 @@
 Why: on the CPU the convolutional trunk is ~90 % of a scan (docs/benchmarks.md). Its
 convolutions in 8-bit integers (static quantisation: int8 weights per output channel, int8
 activations per tensor, through torch's x86 quantised kernels) run them about twice as fast,
-for scores that move by about 1e-2 (measured on real recordings: docs/benchmarks.md). fp32
-stays the default; int8 is for users who check the agreement on their own audio first.
+for scores that move by about 1e-2 (measured on real recordings: docs/benchmarks.md).
+
+The scan's default, ``--precision auto``, runs int8 only where that is safe to do silently:
+on the CPU, with a calibration made for these very weights, whose own check (below) showed the
+int8 network deciding as the fp32 one does. Anything else scans in fp32 (``auto_precision``).
+A calibration measures that agreement when it is made: every 3-s window of its audio is scored
+by both networks, and the share of windows whose set of classes above 0.5 is the same, and the
+score differences, are stored in its metadata. It is measured on the calibration audio itself,
+so it says the quantisation is sound for this network, not that it holds on every recording;
+``benchmarks/scan_bench.py --int8-agreement`` measures it on held-out recordings.
 
 Static quantisation needs the range of every activation, seen on real audio. That is a
 *calibration*, made once per checkpoint (``primate-monitor quantize CKPT --calibrate AUDIO``)
@@ -33,7 +41,7 @@ import json
 import logging
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +53,12 @@ from .fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("auto", "fp32", "int8")
+# what ``auto`` asks of a calibration's own agreement check before it scans in int8
+AUTO_MIN_DECISIONS = 0.99  # share of windows with the same classes above DECISION_THRESHOLD
+AUTO_MAX_P99_DIFF = 0.05  # 99th percentile of |int8 - fp32| over windows and classes
+DECISION_THRESHOLD = 0.5
+AGREEMENT_MAX_WINDOWS = 600  # windows kept for the check: 30 min of audio, ~46 MB of log-mel at 16 kHz
 SUFFIX = ".int8.safetensors"
 ENGINE = "x86"
 METADATA_KEY = "primate_monitor_int8"
@@ -138,26 +151,19 @@ def calibrate(model: LoadedModel, paths: Sequence[str | Path], out: str | Path |
     Why real audio: the ranges set the int8 scales; synthetic input would give ranges that
     clip or waste the 256 levels on what recordings actually hold. Give audio like what will
     be scanned (backgrounds and calls); ``seconds_per_file`` from the start of each file."""
-    from safetensors.torch import save_file
-
     from .audio import AudioReadError, load_audio
-    from .frontend import LogMel
 
     target = Path(out) if out is not None else calibration_path(model.path)
-    _check_replaceable(target)
+    _check_replaceable(target)  # before reading any audio
     if not paths:
         raise ValueError("give at least one audio file to calibrate on")
     if seconds_per_file <= 0:
         raise ValueError(f"seconds per file must be positive, got {seconds_per_file}")
-    prepared = _prepared(model)
-    frontend = LogMel(model.info.frontend)
-    bn0 = copy.deepcopy(model.network.bn0).cpu().eval()  # a copy: the caller's model keeps its device and mode
     sr = model.info.sample_rate
-    chunk = int(CALIBRATION_CHUNK_S * sr)
     used: list[str] = []
     skipped: list[str] = []
-    seconds = 0.0
-    with torch.no_grad():
+
+    def pieces() -> Iterator[np.ndarray]:
         for path in paths:
             try:
                 audio = load_audio(path, sr, end_s=seconds_per_file)
@@ -169,28 +175,137 @@ def calibrate(model: LoadedModel, paths: Sequence[str | Path], out: str | Path |
                 logger.warning("%s: shorter than 1 s; not used for calibration", path)
                 skipped.append(f"{path}: shorter than 1 s")
                 continue
-            for a in range(0, audio.size, chunk):
-                piece = audio[a:a + chunk]
+            used.append(Path(path).name)
+            yield audio
+
+    return calibrate_audio(model, pieces(), target, {"files": used, "skipped": skipped},
+                           empty="no calibration file could be used: {skipped}")
+
+
+def calibrate_audio(model: LoadedModel, audio: Iterable[np.ndarray], out: str | Path | None = None,
+                    sources: dict | None = None, empty: str = "no audio to calibrate on") -> Path:
+    """``calibrate`` on audio already in memory (1-D arrays at the model's sample rate), e.g.
+    ``train``'s own clips; ``sources`` (JSON-able, read after ``audio`` is used up) describes them
+    in the file's metadata. Also measures int8 against fp32 on the same audio (``agreement``),
+    which ``--precision auto`` reads."""
+    from safetensors.torch import save_file
+
+    from .frontend import LogMel
+
+    target = Path(out) if out is not None else calibration_path(model.path)
+    _check_replaceable(target)
+    prepared = _prepared(model)
+    frontend = LogMel(model.info.frontend)
+    bn0 = copy.deepcopy(model.network.bn0).cpu().eval()  # a copy: the caller's model keeps its device and mode
+    sr = model.info.sample_rate
+    chunk = int(CALIBRATION_CHUNK_S * sr)
+    frames = _window_frames(model)
+    windows: list[torch.Tensor] = []
+    seconds = 0.0
+    with torch.no_grad():
+        for samples in audio:
+            for a in range(0, samples.size, chunk):
+                piece = samples[a:a + chunk]
                 if piece.size < sr:
                     break
-                prepared(bn0(frontend(torch.from_numpy(np.ascontiguousarray(piece))[None])))
-            used.append(Path(path).name)
-            seconds += audio.size / sr
-    if not used:
-        raise ValueError("no calibration file could be used: " + "; ".join(skipped))
-    meta = {"for_weights": weights_digest(model.network), "checkpoint": model.path.name, "engine": ENGINE, "files": used,
-            "seconds": round(seconds, 3), "skipped": skipped, "torch": torch.__version__}
+                mel = frontend(torch.from_numpy(np.ascontiguousarray(piece, dtype=np.float32))[None])
+                prepared(bn0(mel))
+                for f in range(0, mel.shape[-2] - frames + 1, frames):  # whole windows, for the agreement check
+                    if len(windows) < AGREEMENT_MAX_WINDOWS:
+                        windows.append(mel[..., f:f + frames, :].clone())
+            seconds += samples.size / sr
+    sources = dict(sources or {})
+    if seconds < 1.0:
+        raise ValueError(empty.format(skipped="; ".join(sources.get("skipped", [])) or "none given"))
+    meta = {"for_weights": weights_digest(model.network), "checkpoint": model.path.name, "engine": ENGINE,
+            **sources, "seconds": round(seconds, 3), "torch": torch.__version__}
     tensors = _observer_state(prepared)
     eager = _eager_export(prepared, model)
     if eager is not None:
         tensors |= eager[0]
         meta["eager"] = eager[1]
+    meta["agreement"] = agreement(model, _build(model, tensors, meta, target), windows)
+    logger.info("int8 against fp32 on the %d calibration window(s): %.1f %% same decisions, 99th percentile "
+                "|diff| %.4f, max %.4f", meta["agreement"]["windows"], 100 * meta["agreement"]["decisions_equal"],
+                meta["agreement"]["p99_abs_diff"], meta["agreement"]["max_abs_diff"])
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(target) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
-    logger.info("int8 calibration of %s on %.1f min of audio from %d file(s) -> %s", model.path.name, seconds / 60,
-                len(used), target)
+    logger.info("int8 calibration of %s on %.1f min of audio -> %s", model.path.name, seconds / 60, target)
     return target
+
+
+def agreement(model: LoadedModel, int8: "Int8Classifier", windows: list[torch.Tensor]) -> dict[str, float]:
+    """How the int8 network's window scores compare with the fp32 network's on ``windows``
+    (log-mel, one window each): the share of windows whose classes above DECISION_THRESHOLD are
+    the same, and the 99th percentile and maximum of the absolute score differences. ``auto``
+    reads this to decide whether int8 may replace fp32 without being asked."""
+    from .predict import activate
+
+    if not windows:
+        return {"windows": 0, "decisions_equal": 0.0, "p99_abs_diff": float("inf"), "max_abs_diff": float("inf")}
+    fp32 = copy.deepcopy(model.network).cpu().eval()
+    a, b = [], []
+    with torch.no_grad():
+        for i in range(0, len(windows), 64):
+            x = torch.cat(windows[i:i + 64])
+            a.append(activate(fp32(x)[0].float(), model.info.activation))
+            b.append(activate(int8(x)[0].float(), model.info.activation))
+    sa, sb = torch.cat(a), torch.cat(b)
+    same = ((sa >= DECISION_THRESHOLD) == (sb >= DECISION_THRESHOLD)).all(dim=1).float().mean().item()
+    diff = (sa - sb).abs().flatten()
+    return {"windows": len(sa), "decisions_equal": round(same, 6),
+            "p99_abs_diff": round(torch.quantile(diff, 0.99).item(), 6), "max_abs_diff": round(diff.max().item(), 6)}
+
+
+def auto_precision(model: LoadedModel) -> tuple[str, str]:
+    """(``"int8"`` or ``"fp32"``, why) for ``scan --precision auto``.
+
+    Why a gate and not int8 everywhere: int8 is ~1.6x faster on the CPU, but a user who did not
+    ask for it must get fp32's decisions. So int8 only when the model runs on the CPU, torch has
+    the x86 int8 kernels, the checkpoint has a calibration made for these weights, and that
+    calibration's own agreement check passed (AUTO_MIN_DECISIONS, AUTO_MAX_P99_DIFF). Any other
+    case, including a damaged or foreign calibration, scans in fp32; --precision int8 still
+    insists (and fails loudly)."""
+    if isinstance(model.network, Int8Classifier):
+        return "int8", "the model was prepared in int8"
+    if next(model.network.parameters()).device.type != "cpu":
+        return "fp32", "the model runs on a GPU (bf16 autocast there)"
+    path = calibration_path(model.path)
+    if not path.is_file():
+        return "fp32", f"no int8 calibration beside {model.path.name}"
+    if ENGINE not in torch.backends.quantized.supported_engines:
+        return "fp32", f"this torch build has no {ENGINE} int8 kernels"
+    try:
+        meta = read_calibration(path, tensors=False)[0]
+    except CheckpointError as e:
+        return "fp32", str(e)
+    check = meta.get("agreement") if isinstance(meta, dict) else None
+    if not isinstance(check, dict):
+        return "fp32", f"{path.name} has no agreement check (made before it existed); run `primate-monitor quantize` again"
+    if not (check.get("decisions_equal", 0) >= AUTO_MIN_DECISIONS and check.get("p99_abs_diff", 1) <= AUTO_MAX_P99_DIFF):
+        return "fp32", (f"{path.name}: int8 agreed with fp32 on only {100 * check.get('decisions_equal', 0):.1f} % of the "
+                        f"calibration windows (99th percentile diff {check.get('p99_abs_diff')})")
+    try:
+        int8_network(model)  # the weights digest, and the layers themselves, must fit
+    except (CheckpointError, RuntimeError, ValueError) as e:
+        return "fp32", str(e)
+    return "int8", (f"{path.name}: int8 agreed with fp32 on {100 * check['decisions_equal']:.1f} % of "
+                    f"{check['windows']} calibration windows")
+
+
+def read_calibration(path: Path, tensors: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A calibration file's metadata and (unless ``tensors`` is False) its tensors; an
+    unreadable one is a CheckpointError."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(METADATA_KEY, "null"))
+            found = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        raise CheckpointError(f"{path}: not a readable int8 calibration ({exc})") from exc
+    return meta, found
 
 
 def copy_calibration(source: str | Path, dest: str | Path) -> Path | None:
@@ -268,8 +383,6 @@ _CACHE: dict[str, tuple[weakref.ref, tuple, tuple, Int8Classifier]] = {}
 def int8_network(model: LoadedModel) -> Int8Classifier:
     """``model``'s network with an int8 body, from the calibration beside its checkpoint; made
     once per checkpoint and calibration in a process (a scan builds a scorer per recording)."""
-    from safetensors import safe_open
-
     if isinstance(model.network, Int8Classifier):  # prepare_model already swapped it in
         return model.network
     if next(model.network.parameters()).device.type != "cpu":
@@ -287,16 +400,18 @@ def int8_network(model: LoadedModel) -> Int8Classifier:
     if cached is not None and cached[0]() is model.network and cached[1] == version and cached[2] == identity:
         return cached[3]
     digest = weights_digest(model.network)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get(METADATA_KEY, "null"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for a damaged file
-        raise CheckpointError(f"{path}: not a readable int8 calibration ({exc})") from exc
+    meta, tensors = read_calibration(path)
     if not isinstance(meta, dict) or meta.get("for_weights") != digest:
         raise CheckpointError(f"{path}: this calibration was made for other weights (those of "
                               f"{(meta or {}).get('checkpoint')!s}, not those of {model.path.name}); "
                               f"run `primate-monitor quantize {model.path} --calibrate AUDIO...` again")
+    network = _build(model, tensors, meta, path)
+    _CACHE["last"] = (weakref.ref(model.network), version, identity, network)  # one model at a time, as cpu_inference_network
+    return network
+
+
+def _build(model: LoadedModel, tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> Int8Classifier:
+    """The int8 network from a calibration's tensors and metadata (``path`` names it in errors)."""
     fp32 = copy.deepcopy(model.network).cpu().eval()
     if meta.get("eager"):  # a PANNs CNN: rebuilt from the stored int8 layers, no FX (quantize_panns)
         from .quantize_panns import Int8PannsBody
@@ -320,6 +435,4 @@ def int8_network(model: LoadedModel) -> Int8Classifier:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             body = convert_fx(prepared)
-    network = Int8Classifier(fp32, body).eval()
-    _CACHE["last"] = (weakref.ref(model.network), version, identity, network)  # one model at a time, as cpu_inference_network
-    return network
+    return Int8Classifier(fp32, body).eval()

@@ -36,7 +36,7 @@ from .scan_finalize import FAILURE_COLUMNS, RECORDING_COLUMNS, ScanSummary, fina
 from .scan_plan import Recording, ScanError, plan_recordings
 from .scan_stage import StagedResult
 from .scan_state import STATE_DIR, ScanState
-from .scanner import ScanConfig, prepare_model, with_model_thresholds
+from .scanner import ScanConfig, prepare_scan
 
 __all__ = ["EXECUTORS", "FAILURE_COLUMNS", "RECORDING_COLUMNS", "STATE_DIR", "Recording", "RecordingResult",
            "ScanError", "ScanRun", "ScanSummary", "finalize", "plan_recordings", "recording_record", "scan",
@@ -331,8 +331,7 @@ def scan(paths: list[str | Path], out: str | Path, config: ScanConfig | None = N
     parameters, whatever executor ran it. ``model`` is a LoadedModel, a checkpoint path, or None
     for the bundled demo model. ``executor``, ``cluster``, ``piece_seconds`` and ``torch_threads``
     say how the work is spread (see ScanRun); they never change the outputs."""
-    config = config or ScanConfig()
-    loaded = prepare_model(model, config, device)
-    config = with_model_thresholds(config, loaded)  # the checkpoint's calibrated thresholds, unless overridden
+    # precision auto resolved, and the checkpoint's calibrated thresholds filled in unless overridden
+    loaded, config = prepare_scan(model, config or ScanConfig(), device)
     return ScanRun(paths, out, config, loaded, workers, save_window_scores, executor, cluster, piece_seconds,
                    torch_threads).run(overwrite, progress)

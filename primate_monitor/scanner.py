@@ -43,7 +43,9 @@ class ScanConfig:
     # use the checkpoint's calibrated per-species thresholds for species that ``events`` gives no
     # threshold of their own; False when the user chose one threshold for all (a bare --threshold)
     model_thresholds: bool = True
-    precision: str = "fp32"  # fp32 | int8 (opt-in, CPU only: the body in int8 from the checkpoint's calibration)
+    # auto (int8 where the checkpoint's calibration showed it agrees with fp32, on the CPU; else
+    # fp32: quantize.auto_precision) | fp32 | int8 (insists: CPU only, needs the calibration)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.hop_seconds, bool) or not isinstance(self.hop_seconds, (int, float)) \
@@ -64,7 +66,8 @@ class ScanConfig:
 
     def parameters(self) -> dict:
         """The settings that determine the detections, for run.json and resume checks. ``precision``
-        is named only when it is not fp32, so scans made before int8 existed still resume."""
+        is named only when it is not fp32, so scans made before int8 existed still resume; a
+        scan resolves ``auto`` first (``prepare_scan``), so the precision that ran is recorded."""
         e = self.events
         return {"hop_seconds": self.hop_seconds, "mode": self.mode, "channel": self.channel,
                 "threshold": e.threshold, "class_thresholds": dict(sorted(e.class_thresholds.items())),
@@ -137,6 +140,7 @@ def score_recording(path: str | Path, model: LoadedModel, config: ScanConfig,
     Raises AudioReadError when nothing could be read. A decode error after some audio
     keeps the windows scored so far and is returned in ``error``.
     """
+    config = resolve_precision(model, config)
     stream = _TrackedStream(Path(path), model, config, blocks, on_block)
     hop = config.hop_samples(model.info.sample_rate)
     result = score_stream(model, stream.blocks(), hop, config.batch_size, config.mode, precision=config.precision)
@@ -154,6 +158,7 @@ def score_recordings(paths: Sequence[str | Path], model: LoadedModel, config: Sc
     Yields ``(path, RecordingScores)`` in the order of ``paths``, or ``(path, AudioReadError)``
     for a file that could not be read at all. ``on_block`` is called from the decoder threads.
     """
+    config = resolve_precision(model, config)
     streams = [_TrackedStream(Path(p), model, config, None, on_block) for p in paths]
     hop = config.hop_samples(model.info.sample_rate)
     scorer = make_scorer(model, hop, config.batch_size, config.mode, spans_per_call, config.precision)
@@ -182,12 +187,37 @@ def events_table(scores: RecordingScores, model: LoadedModel, options: EventOpti
                         scores.starts_s, scores.scores, scores.duration_s)
 
 
+def resolve_precision(model: LoadedModel, config: ScanConfig) -> ScanConfig:
+    """``config`` with ``precision`` auto made fp32 or int8 for ``model`` (quantize.auto_precision),
+    logged with the reason; any other precision is returned as it is."""
+    if config.precision != "auto":
+        return config
+    from .quantize import auto_precision
+
+    chosen, why = auto_precision(model)
+    logger.info("precision auto -> %s: %s", chosen, why)
+    return replace(config, precision=chosen)
+
+
+def prepare_scan(model: LoadedModel | str | Path | None, config: ScanConfig,
+                 device: str = "auto") -> tuple[LoadedModel, ScanConfig]:
+    """``prepare_model``, plus the config a scan runs with: ``precision`` auto resolved, and the
+    checkpoint's calibrated thresholds filled in (``with_model_thresholds``)."""
+    model, config = _prepare(model, config, device)
+    return model, with_model_thresholds(config, model)
+
+
 def prepare_model(model: LoadedModel | str | Path | None, config: ScanConfig, device: str = "auto") -> LoadedModel:
     """A loaded model (from an instance, a checkpoint path, or None for the bundled demo model)
-    whose classes the event options have been checked against, and, for ``precision`` int8,
-    whose int8 calibration has been found and built (on the CPU). A checkpoint it loads itself
-    for the CPU in fp32 comes back with its BatchNorms folded (``inference.fold_batch_norms``):
-    the scorers use that copy anyway, and keeping only it saves a copy of the weights."""
+    whose classes the event options have been checked against, and, for ``precision`` int8
+    (or auto resolving to int8), whose int8 calibration has been found and built (on the CPU).
+    A checkpoint it loads itself for the CPU in fp32 comes back with its BatchNorms folded
+    (``inference.fold_batch_norms``): the scorers use that copy anyway, and keeping only it saves
+    a copy of the weights. Callers that need the resolved precision use ``prepare_scan``."""
+    return _prepare(model, config, device)[0]
+
+
+def _prepare(model: LoadedModel | str | Path | None, config: ScanConfig, device: str) -> tuple[LoadedModel, ScanConfig]:
     from .bundled import default_model_path
     from .devices import resolve_device
 
@@ -196,6 +226,7 @@ def prepare_model(model: LoadedModel | str | Path | None, config: ScanConfig, de
     owned = not isinstance(model, LoadedModel)
     if owned:
         model = load_checkpoint(model if model is not None else default_model_path(), resolve_device(device))
+        config = resolve_precision(model, config)  # on the unfolded weights: the calibration's digest is theirs
         if config.precision == "fp32" and next(model.network.parameters()).device.type == "cpu":
             # we loaded it, so only the folded inference copy is kept: one copy of the weights in
             # memory, not two (~20 MB for CNN10; int8 needs the unfolded weights for its calibration)
@@ -204,13 +235,15 @@ def prepare_model(model: LoadedModel | str | Path | None, config: ScanConfig, de
             model = replace(model, network=fold_batch_norms(model.network))
     ctx = EventContext.from_model(model)
     validate_options(config.events, ctx.classes, ctx.reject_class)
+    if config.precision == "auto":  # a caller's own LoadedModel
+        config = resolve_precision(model, config)
     if config.precision == "int8":  # a missing or foreign calibration fails here, before any file is scanned
         from .quantize import int8_network
 
         network = int8_network(model)
         if owned:  # keep the int8 network only, not the fp32 weights beside it
             model = replace(model, network=network)
-    return model
+    return model, config
 
 
 def with_model_thresholds(config: ScanConfig, model: LoadedModel) -> ScanConfig:
@@ -241,8 +274,6 @@ def scan_recording(path: str | Path, model: LoadedModel | str | Path | None = No
     ``recording`` is the name stored in the ``recording`` column (default: the file name).
     Raises AudioReadError when the file cannot be read at all.
     """
-    config = config or ScanConfig()
-    model = prepare_model(model, config)
-    config = with_model_thresholds(config, model)
+    model, config = prepare_scan(model, config or ScanConfig())
     scores = score_recording(path, model, config)
     return events_table(scores, model, config.events, recording or Path(path).name)

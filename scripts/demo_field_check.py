@@ -36,7 +36,7 @@ import make_demo_data as mdd  # noqa: E402
 
 from primate_monitor.audio import probe  # noqa: E402
 from primate_monitor.events import EventOptions  # noqa: E402
-from primate_monitor.scanner import ScanConfig, prepare_model, scan_recording  # noqa: E402
+from primate_monitor.scanner import ScanConfig, prepare_scan, scan_recording  # noqa: E402
 
 LOG = logging.getLogger("demo_field_check")
 PUMA_TITI_FROM_S = 49.72
@@ -82,7 +82,7 @@ def main() -> None:
     config = ScanConfig()
     if args.threshold is not None:
         config = replace(config, events=EventOptions(threshold=args.threshold), model_thresholds=False)
-    model = prepare_model(args.model, config)
+    model, config = prepare_scan(args.model, config)  # precision auto resolved once, logged
     classes = [c for c in model.info.classes if c != model.info.reject_class]
     field, devel, train = (mdd.resolve(args.shared, role) for role in ("field", "devel", "train"))
     sets = [("field backgrounds: Sabana Seca day 2 (untouched)", field["chorus"]),

@@ -84,7 +84,7 @@ def main() -> None:
     if args.out.exists():
         raise SystemExit(f"error: {args.out} exists; choose a new folder")
 
-    config = ScanConfig(hop_seconds=1.0, model_thresholds=False)
+    config = ScanConfig(hop_seconds=1.0, model_thresholds=False, precision="fp32")
     model = prepare_model(args.model, config)
     if args.background:
         missing = [str(p) for p in args.background if not p.is_file()]

@@ -71,10 +71,10 @@ def test_int8_is_deterministic_and_equal_in_fast_and_split_scans(tiny_copy, tmp_
     quantize._CACHE.clear()
     again = score_recording(RECORDING, load_checkpoint(tiny_copy), config).scores
     np.testing.assert_array_equal(first, again)
-    fp32 = score_recording(RECORDING, load_checkpoint(tiny_copy), ScanConfig()).scores
+    fp32 = score_recording(RECORDING, load_checkpoint(tiny_copy), ScanConfig(precision="fp32")).scores
     assert np.abs(first - fp32).max() > 0
     with pytest.raises(ValueError, match="prepared for --precision int8"):  # never int8 under an fp32 label
-        score_recording(RECORDING, model, ScanConfig())
+        score_recording(RECORDING, model, ScanConfig(precision="fp32"))
 
     whole, split = tmp_path / "whole", tmp_path / "split"
     long = tmp_path / "rec" / "long.wav"
@@ -153,7 +153,7 @@ def test_set_thresholds_copy_keeps_the_calibration(tiny_copy, tmp_path):
 def test_precision_changes_the_scan_parameters(tiny_copy, tmp_path):
     """An int8 rerun into an fp32 scan's folder is a different scan, refused unless --overwrite."""
     base = ["-q", "scan", str(RECORDING), "--model", str(tiny_copy), "-o", str(tmp_path / "o")]
-    assert _run(base).exit_code == 0
+    assert _run([*base, "--precision", "fp32"]).exit_code == 0
     result = _run([*base, "--precision", "int8"])
     assert result.exit_code == 2 and "precision" in result.output
     with pytest.raises(ValueError, match="precision"):
@@ -181,7 +181,7 @@ def test_bundled_int8_exact_mode_agrees_with_fp32():
     from primate_monitor.scanner import prepare_model, score_recording
 
     config = ScanConfig(mode="exact", hop_seconds=3.0, precision="int8")
-    fp32 = ScanConfig(mode="exact", hop_seconds=3.0)
+    fp32 = ScanConfig(mode="exact", hop_seconds=3.0, precision="fp32")
     a = score_recording(RECORDING, prepare_model(default_model_path(), fp32), fp32).scores
     b = score_recording(RECORDING, prepare_model(default_model_path(), config), config).scores
     assert a.shape == b.shape and 0 < np.abs(a - b).max() < 0.05
@@ -230,3 +230,84 @@ def test_int8_scan_does_not_import_fx_tracing(tmp_path, tiny_copy):
             f"score_recording({str(RECORDING)!r}, m, c); print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[-1] == "False"
+
+
+def _with_metadata(src: Path, dest: Path, change) -> None:
+    """Copy a calibration file with its JSON metadata passed through ``change``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = json.loads(f.metadata()["primate_monitor_int8"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(dest), metadata={"primate_monitor_int8": json.dumps(change(meta))})
+
+
+def test_auto_precision_runs_int8_only_where_the_calibration_passed_its_check(tiny_copy, tiny_checkpoint, tmp_path):
+    """The default, --precision auto: int8 for a checkpoint whose calibration agreed with fp32
+    (run.json says int8, scores equal an explicit int8 scan); fp32 with no calibration, with one
+    from before the agreement check, with one whose check failed, and on foreign weights."""
+    import json
+
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.quantize import AUTO_MIN_DECISIONS, auto_precision, calibration_path
+
+    def params(out):
+        return json.loads((out / "run.json").read_text())["parameters"]
+
+    result = _run(["-q", "scan", str(RECORDING), "--model", str(tiny_copy), "-o", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    assert params(tmp_path / "auto")["precision"] == "int8"
+    assert _run(["-q", "scan", str(RECORDING), "--model", str(tiny_copy), "-o", str(tmp_path / "int8"),
+                 "--precision", "int8"]).exit_code == 0
+    a = pd.read_parquet(tmp_path / "auto" / "detections.parquet")
+    b = pd.read_parquet(tmp_path / "int8" / "detections.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+    assert _run(["-q", "scan", str(RECORDING), "--model", str(tiny_checkpoint), "-o", str(tmp_path / "bare")]).exit_code == 0
+    assert "precision" not in params(tmp_path / "bare")  # no calibration: fp32
+
+    folder = tmp_path / "variants"
+    folder.mkdir()
+    cases = {"old": lambda m: {k: v for k, v in m.items() if k != "agreement"},
+             "failed": lambda m: m | {"agreement": m["agreement"] | {"decisions_equal": AUTO_MIN_DECISIONS - 0.01}},
+             "foreign": lambda m: m | {"for_weights": "0" * 64}}
+    for name, change in cases.items():
+        ckpt = folder / f"{name}.safetensors"
+        shutil.copy(tiny_copy, ckpt)
+        shutil.copy(tiny_copy.with_suffix(".json"), folder / f"{name}.json")
+        _with_metadata(calibration_path(tiny_copy), calibration_path(ckpt), change)
+        chosen, why = auto_precision(load_checkpoint(ckpt))
+        assert chosen == "fp32", (name, why)
+        result = _run(["-q", "scan", str(RECORDING), "--model", str(ckpt), "-o", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert "precision" not in params(tmp_path / name), name
+    assert "again" in auto_precision(load_checkpoint(folder / "old.safetensors"))[1]
+
+
+def test_agreement_check_sees_a_network_that_decides_otherwise(tiny_checkpoint):
+    """The calibration's agreement measure: a network against itself agrees fully; one whose
+    output bias is pushed up (every class above 0.5) does not."""
+    import copy
+
+    import torch
+
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.frontend import LogMel
+    from primate_monitor.quantize import _window_frames, agreement
+    from primate_monitor.audio import load_audio
+
+    model = load_checkpoint(tiny_checkpoint, "cpu")
+    audio = torch.from_numpy(load_audio(RECORDING, model.info.sample_rate, end_s=12.0))
+    mel = LogMel(model.info.frontend)(audio[None])
+    n = _window_frames(model)
+    windows = [mel[..., f:f + n, :] for f in range(0, mel.shape[-2] - n + 1, n)]
+    same = agreement(model, model.network.eval(), windows)
+    assert same["windows"] == len(windows) >= 3 and same["decisions_equal"] == 1.0 and same["max_abs_diff"] == 0.0
+    shifted = copy.deepcopy(model.network).eval()
+    with torch.no_grad():
+        shifted.head.fc_out.bias += 50.0
+    other = agreement(model, shifted, windows)
+    assert other["decisions_equal"] < 1.0 and other["max_abs_diff"] > 0.1

@@ -85,6 +85,35 @@ def test_train_writes_checkpoint_and_log(run):
     assert meta["config"]["iterations"] == 6 and meta["config"]["batch_size"] == 4
 
 
+def test_train_calibrates_best_for_int8_and_auto_follows_its_check(run, tmp_path):
+    """The run ends with best.int8.safetensors: made for best's weights, with the agreement check
+    that --precision auto reads; a scan with the default precision records what ran."""
+    from safetensors import safe_open
+
+    from primate_monitor.checkpoint import load_checkpoint
+    from primate_monitor.quantize import AUTO_MIN_DECISIONS, AUTO_MAX_P99_DIFF, weights_digest
+
+    with safe_open(str(run / "best.int8.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["primate_monitor_int8"])
+    assert meta["for_weights"] == weights_digest(load_checkpoint(run / "best.safetensors", "cpu").network)
+    check = meta["agreement"]
+    assert check["windows"] >= 1 and 0 <= check["decisions_equal"] <= 1 and check["p99_abs_diff"] <= check["max_abs_diff"]
+    recording = Path(__file__).parent / "fixtures" / "recording"
+    result = cli("scan", recording, "--model", run / "best.safetensors", "-o", tmp_path / "scan")
+    assert result.exit_code == 0, result.output
+    ran = json.loads((tmp_path / "scan" / "run.json").read_text())["parameters"].get("precision", "fp32")
+    passed = check["decisions_equal"] >= AUTO_MIN_DECISIONS and check["p99_abs_diff"] <= AUTO_MAX_P99_DIFF
+    assert ran == ("int8" if passed else "fp32")
+
+
+def test_int8_calibration_can_be_turned_off(tmp_path):
+    out = tmp_path / "run"
+    result = cli(*train_args(CLIPS, out, *CHEAP, "--set", "int8_calibration_seconds=0", iterations=1,
+                             cache=tmp_path / "cache"))
+    assert result.exit_code == 0, result.output
+    assert (out / "best.safetensors").is_file() and not (out / "best.int8.safetensors").exists()
+
+
 def test_info_prints_metadata(run):
     result = cli("info", run / "best.safetensors")
     assert result.exit_code == 0, result.output
