@@ -192,10 +192,14 @@ def resolve_precision(model: LoadedModel, config: ScanConfig) -> ScanConfig:
     logged with the reason; any other precision is returned as it is."""
     if config.precision != "auto":
         return config
-    from .quantize import auto_precision
+    from .quantize import auto_precision, calibration_path
 
     chosen, why = auto_precision(model)
-    logger.info("precision auto -> %s: %s", chosen, why)
+    # a calibration that is there but unusable (damaged, for other weights, failed its check)
+    # is worth a warning: its owner expects int8
+    on_cpu = next(model.network.parameters()).device.type == "cpu"
+    unusable = chosen == "fp32" and on_cpu and calibration_path(model.path).is_file()
+    logger.log(logging.WARNING if unusable else logging.INFO, "precision auto -> %s: %s", chosen, why)
     return replace(config, precision=chosen)
 
 

@@ -286,6 +286,15 @@ def test_auto_precision_runs_int8_only_where_the_calibration_passed_its_check(ti
         assert "precision" not in params(tmp_path / name), name
     assert "again" in auto_precision(load_checkpoint(folder / "old.safetensors"))[1]
 
+    damaged = folder / "damaged.safetensors"  # a calibration file cut short: fp32, a warning, no failure
+    shutil.copy(tiny_copy, damaged)
+    shutil.copy(tiny_copy.with_suffix(".json"), folder / "damaged.json")
+    calibration_path(damaged).write_bytes(calibration_path(tiny_copy).read_bytes()[:1000])
+    result = _run(["scan", str(RECORDING), "--model", str(damaged), "-o", str(tmp_path / "damaged")])
+    assert result.exit_code == 0, result.output
+    assert "precision" not in params(tmp_path / "damaged")
+    assert "WARNING" in result.output and "not a readable int8 calibration" in result.output
+
 
 def test_agreement_check_sees_a_network_that_decides_otherwise(tiny_checkpoint):
     """The calibration's agreement measure: a network against itself agrees fully; one whose
