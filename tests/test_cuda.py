@@ -50,7 +50,7 @@ def test_scan_on_cuda_matches_the_cpu(models, mode):
 
     cpu, gpu = models
     assert len(RECORDINGS) == 3
-    config = ScanConfig(hop_seconds=1.0, mode=mode)
+    config = ScanConfig(hop_seconds=1.0, mode=mode, precision="fp32")  # the CPU reference in float32, not int8
     diffs, equal = [], []
     for path in RECORDINGS:
         a = score_recording(path, cpu, config)
@@ -73,7 +73,7 @@ def test_several_recordings_batched_on_cuda_match_one_at_a_time(models):
     from primate_monitor.scanner import ScanConfig, score_recording, score_recordings
 
     _, gpu = models
-    config = ScanConfig(hop_seconds=1.0, mode="fast")
+    config = ScanConfig(hop_seconds=1.0, mode="fast", precision="fp32")
     batched = dict(score_recordings(RECORDINGS, gpu, config, workers=3))
     for path in RECORDINGS:
         alone = score_recording(path, gpu, config)
