@@ -169,11 +169,9 @@ def side_by_side(args: argparse.Namespace) -> None:
 
     if args.int8:
         from primate_monitor.checkpoint import load_checkpoint
-        from primate_monitor.quantize import auto_precision, calibrate, calibration_path, read_calibration
+        from primate_monitor.quantize import auto_precision, calibrate
 
-        path = calibration_path(ckpt)
-        if not path.is_file() or "agreement" not in read_calibration(path, tensors=False)[0]:
-            calibrate(load_checkpoint(ckpt), SOURCES, seconds_per_file=120)
+        calibrate(load_checkpoint(ckpt), SOURCES, seconds_per_file=120)  # afresh: with this code's agreement check
         chosen, why = auto_precision(load_checkpoint(ckpt, "cpu"))
         print(f"# --precision auto (the default) chooses {chosen}: {why}")
     librosa_logmel(np.zeros(48000, dtype=np.float32), FrontEndConfig(sample_rate=16000))  # warm-up: librosa's imports

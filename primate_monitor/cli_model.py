@@ -38,16 +38,13 @@ def quantize(checkpoint: Path, audio: tuple[Path, ...], seconds_per_file: float,
         path = calibrate(model, files, out, seconds_per_file)
     except (*USER_ERRORS, OSError) as e:
         _fail(e)
-    from .quantize import AUTO_MAX_P99_DIFF, AUTO_MIN_DECISIONS, read_calibration
+    from .quantize import check_passed, describe_check, read_calibration
 
     check = read_calibration(path, tensors=False)[0]["agreement"]
-    passed = check["decisions_equal"] >= AUTO_MIN_DECISIONS and check["p99_abs_diff"] <= AUTO_MAX_P99_DIFF
-    click.echo(f"int8 calibration from {len(files)} file(s) -> {path}\n"
-               f"  int8 against fp32 on {check['windows']} windows of that audio: {100 * check['decisions_equal']:.1f} % "
-               f"same decisions, 99th percentile score difference {check['p99_abs_diff']:.4f}\n"
+    click.echo(f"int8 calibration from {len(files)} file(s) -> {path}\n  check: {describe_check(check)}\n"
                + (f"  scans of {checkpoint} on the CPU now run in int8 by default (--precision auto; fp32 with --precision fp32)"
-                  if passed else f"  below what --precision auto asks ({100 * AUTO_MIN_DECISIONS:.0f} %, {AUTO_MAX_P99_DIFF}): "
-                  f"scans stay fp32 unless --precision int8"))
+                  if check_passed(check) else "  not enough for --precision auto (see `scan --help`): scans stay fp32 "
+                  "unless --precision int8; calibrate on more audio (a few minutes) to change that"))
 
 
 def register(group: click.Group) -> None:

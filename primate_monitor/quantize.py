@@ -8,11 +8,12 @@ for scores that move by about 1e-2 (measured on real recordings: docs/benchmarks
 The scan's default, ``--precision auto``, runs int8 only where that is safe to do silently:
 on the CPU, with a calibration made for these very weights, whose own check (below) showed the
 int8 network deciding as the fp32 one does. Anything else scans in fp32 (``auto_precision``).
-A calibration measures that agreement when it is made: every 3-s window of its audio is scored
-by both networks, and the share of windows whose set of classes above 0.5 is the same, and the
-score differences, are stored in its metadata. It is measured on the calibration audio itself,
-so it says the quantisation is sound for this network, not that it holds on every recording;
-``benchmarks/scan_bench.py --int8-agreement`` measures it on held-out recordings.
+A calibration measures that agreement when it is made: 3-s windows of its audio, 1 s apart as
+in a scan at the default hop, are scored by both networks, and the share of windows whose set
+of classes above 0.5 is the same, and the score differences, are stored in its metadata. It is
+measured on the calibration audio itself, so it says the quantisation is sound for this
+network, not that it holds on every recording; ``benchmarks/scan_bench.py --int8-agreement``
+measures it on held-out recordings.
 
 Static quantisation needs the range of every activation, seen on real audio. That is a
 *calibration*, made once per checkpoint (``primate-monitor quantize CKPT --calibrate AUDIO``)
@@ -55,10 +56,11 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "int8")
 # what ``auto`` asks of a calibration's own agreement check before it scans in int8
+AUTO_MIN_WINDOWS = 100  # fewer windows than this (~2 min of audio) say too little to run int8 unasked
 AUTO_MIN_DECISIONS = 0.99  # share of windows with the same classes above DECISION_THRESHOLD
 AUTO_MAX_P99_DIFF = 0.05  # 99th percentile of |int8 - fp32| over windows and classes
 DECISION_THRESHOLD = 0.5
-AGREEMENT_MAX_WINDOWS = 600  # windows kept for the check: 30 min of audio, ~46 MB of log-mel at 16 kHz
+AGREEMENT_MAX_WINDOWS = 600  # windows kept for the check: ~11 min of audio, ~46 MB of log-mel at 16 kHz
 SUFFIX = ".int8.safetensors"
 ENGINE = "x86"
 METADATA_KEY = "primate_monitor_int8"
@@ -200,6 +202,7 @@ def calibrate_audio(model: LoadedModel, audio: Iterable[np.ndarray], out: str | 
     sr = model.info.sample_rate
     chunk = int(CALIBRATION_CHUNK_S * sr)
     frames = _window_frames(model)
+    step = max(1, round(sr / model.info.frontend.hop_samples))  # frames in 1 s
     windows: list[torch.Tensor] = []
     seconds = 0.0
     with torch.no_grad():
@@ -210,7 +213,7 @@ def calibrate_audio(model: LoadedModel, audio: Iterable[np.ndarray], out: str | 
                     break
                 mel = frontend(torch.from_numpy(np.ascontiguousarray(piece, dtype=np.float32))[None])
                 prepared(bn0(mel))
-                for f in range(0, mel.shape[-2] - frames + 1, frames):  # whole windows, for the agreement check
+                for f in range(0, mel.shape[-2] - frames + 1, step):  # windows 1 s apart, as a scan's, for the check
                     if len(windows) < AGREEMENT_MAX_WINDOWS:
                         windows.append(mel[..., f:f + frames, :].clone())
             seconds += samples.size / sr
@@ -225,9 +228,7 @@ def calibrate_audio(model: LoadedModel, audio: Iterable[np.ndarray], out: str | 
         tensors |= eager[0]
         meta["eager"] = eager[1]
     meta["agreement"] = agreement(model, _build(model, tensors, meta, target), windows)
-    logger.info("int8 against fp32 on the %d calibration window(s): %.1f %% same decisions, 99th percentile "
-                "|diff| %.4f, max %.4f", meta["agreement"]["windows"], 100 * meta["agreement"]["decisions_equal"],
-                meta["agreement"]["p99_abs_diff"], meta["agreement"]["max_abs_diff"])
+    logger.info("check: %s", describe_check(meta["agreement"]))
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(target) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
@@ -243,7 +244,7 @@ def agreement(model: LoadedModel, int8: "Int8Classifier", windows: list[torch.Te
     from .predict import activate
 
     if not windows:
-        return {"windows": 0, "decisions_equal": 0.0, "p99_abs_diff": float("inf"), "max_abs_diff": float("inf")}
+        return {"windows": 0, "decisions_equal": 0.0, "p99_abs_diff": None, "max_abs_diff": None}  # nothing checked
     fp32 = copy.deepcopy(model.network).cpu().eval()
     a, b = [], []
     with torch.no_grad():
@@ -264,7 +265,7 @@ def auto_precision(model: LoadedModel) -> tuple[str, str]:
     Why a gate and not int8 everywhere: int8 is ~1.6x faster on the CPU, but a user who did not
     ask for it must get fp32's decisions. So int8 only when the model runs on the CPU, torch has
     the x86 int8 kernels, the checkpoint has a calibration made for these weights, and that
-    calibration's own agreement check passed (AUTO_MIN_DECISIONS, AUTO_MAX_P99_DIFF). Any other
+    calibration's own agreement check passed (``check_passed``). Any other
     case, including a damaged or foreign calibration, scans in fp32; --precision int8 still
     insists (and fails loudly)."""
     if isinstance(model.network, Int8Classifier):
@@ -283,15 +284,31 @@ def auto_precision(model: LoadedModel) -> tuple[str, str]:
     check = meta.get("agreement") if isinstance(meta, dict) else None
     if not isinstance(check, dict):
         return "fp32", f"{path.name} has no agreement check (made before it existed); run `primate-monitor quantize` again"
-    if not (check.get("decisions_equal", 0) >= AUTO_MIN_DECISIONS and check.get("p99_abs_diff", 1) <= AUTO_MAX_P99_DIFF):
-        return "fp32", (f"{path.name}: int8 agreed with fp32 on only {100 * check.get('decisions_equal', 0):.1f} % of the "
-                        f"calibration windows (99th percentile diff {check.get('p99_abs_diff')})")
+    if not check_passed(check):
+        return "fp32", (f"{path.name}: its check does not meet auto's bar ({describe_check(check)}; auto asks for "
+                        f"{AUTO_MIN_WINDOWS} windows, {100 * AUTO_MIN_DECISIONS:g} % alike, 99th percentile "
+                        f"<= {AUTO_MAX_P99_DIFF}); calibrate on more audio, or scan with --precision int8")
     try:
         int8_network(model)  # the weights digest, and the layers themselves, must fit
     except (CheckpointError, RuntimeError, ValueError) as e:
         return "fp32", str(e)
-    return "int8", (f"{path.name}: int8 agreed with fp32 on {100 * check['decisions_equal']:.1f} % of "
-                    f"{check['windows']} calibration windows")
+    return "int8", f"{path.name}: {describe_check(check)}"
+
+
+def check_passed(check: dict) -> bool:
+    """Whether a calibration's agreement check (``agreement``) is enough for ``--precision auto``
+    to run int8: enough windows, nearly all deciding alike, small score differences."""
+    p99 = check.get("p99_abs_diff")
+    return (check.get("windows", 0) >= AUTO_MIN_WINDOWS and check.get("decisions_equal", 0) >= AUTO_MIN_DECISIONS
+            and p99 is not None and p99 <= AUTO_MAX_P99_DIFF)
+
+
+def describe_check(check: dict) -> str:
+    """One line for logs and the quantize command: what the agreement check found."""
+    if not check.get("windows"):
+        return "no whole 3-s window in the calibration audio, so nothing was checked"
+    return (f"int8 agreed with fp32 on {100 * check.get('decisions_equal', 0):.1f} % of {check['windows']} "
+            f"calibration windows, 99th percentile score difference {check.get('p99_abs_diff') or 0:.4f}")
 
 
 def read_calibration(path: Path, tensors: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:

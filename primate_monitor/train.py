@@ -380,7 +380,7 @@ class Trainer:
             total += len(self.train_data.audio[i])
         try:
             model = load_checkpoint(best, torch.device("cpu"))
-            stream = np.concatenate([self.train_data.audio[i] for i in chosen]).astype(np.float32)
+            stream = np.concatenate([self.train_data.audio[i] for i in chosen])[: int(seconds * sr)].astype(np.float32)
             calibrate_audio(model, [stream], sources={"files": [f"{len(chosen)} training clips"], "skipped": []})
         except Exception as e:  # noqa: BLE001 - the trained model is saved; int8 is an extra
             logger.warning("no int8 calibration for %s (scans will run in fp32): %s", best, e)

@@ -25,12 +25,13 @@ def _run(args: list[str]):
 
 @pytest.fixture(scope="module")
 def tiny_copy(tmp_path_factory, tiny_checkpoint) -> Path:
-    """The tiny checkpoint in a folder of its own, calibrated on a real recording."""
+    """The tiny checkpoint in a folder of its own, calibrated on real recordings."""
     folder = tmp_path_factory.mktemp("int8")
     ckpt = folder / "tiny.safetensors"
     shutil.copy(tiny_checkpoint, ckpt)
     shutil.copy(tiny_checkpoint.with_suffix(".json"), folder / "tiny.json")
-    result = _run(["quantize", str(ckpt), "--calibrate", str(RECORDING), "--seconds-per-file", "20"])
+    # a recording and the sample recordings: over 100 windows, enough for --precision auto to trust the check
+    result = _run(["quantize", str(ckpt), "--calibrate", str(RECORDING), "--calibrate", str(SAMPLE)])
     assert result.exit_code == 0, result.output
     assert (folder / "tiny.int8.safetensors").is_file()
     return ckpt
@@ -252,7 +253,7 @@ def test_auto_precision_runs_int8_only_where_the_calibration_passed_its_check(ti
     import json
 
     from primate_monitor.checkpoint import load_checkpoint
-    from primate_monitor.quantize import AUTO_MIN_DECISIONS, auto_precision, calibration_path
+    from primate_monitor.quantize import AUTO_MIN_DECISIONS, AUTO_MIN_WINDOWS, auto_precision, calibration_path
 
     def params(out):
         return json.loads((out / "run.json").read_text())["parameters"]
@@ -272,6 +273,7 @@ def test_auto_precision_runs_int8_only_where_the_calibration_passed_its_check(ti
     folder = tmp_path / "variants"
     folder.mkdir()
     cases = {"old": lambda m: {k: v for k, v in m.items() if k != "agreement"},
+             "few": lambda m: m | {"agreement": m["agreement"] | {"windows": AUTO_MIN_WINDOWS - 1}},
              "failed": lambda m: m | {"agreement": m["agreement"] | {"decisions_equal": AUTO_MIN_DECISIONS - 0.01}},
              "foreign": lambda m: m | {"for_weights": "0" * 64}}
     for name, change in cases.items():

@@ -91,7 +91,7 @@ def test_train_calibrates_best_for_int8_and_auto_follows_its_check(run, tmp_path
     from safetensors import safe_open
 
     from primate_monitor.checkpoint import load_checkpoint
-    from primate_monitor.quantize import AUTO_MIN_DECISIONS, AUTO_MAX_P99_DIFF, weights_digest
+    from primate_monitor.quantize import check_passed, weights_digest
 
     with safe_open(str(run / "best.int8.safetensors"), "pt") as f:
         meta = json.loads(f.metadata()["primate_monitor_int8"])
@@ -102,8 +102,7 @@ def test_train_calibrates_best_for_int8_and_auto_follows_its_check(run, tmp_path
     result = cli("scan", recording, "--model", run / "best.safetensors", "-o", tmp_path / "scan")
     assert result.exit_code == 0, result.output
     ran = json.loads((tmp_path / "scan" / "run.json").read_text())["parameters"].get("precision", "fp32")
-    passed = check["decisions_equal"] >= AUTO_MIN_DECISIONS and check["p99_abs_diff"] <= AUTO_MAX_P99_DIFF
-    assert ran == ("int8" if passed else "fp32")
+    assert ran == ("int8" if check_passed(check) else "fp32")
 
 
 def test_int8_calibration_can_be_turned_off(tmp_path):
