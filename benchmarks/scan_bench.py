@@ -169,7 +169,8 @@ def side_by_side(args: argparse.Namespace) -> None:
 
     if args.int8:
         from primate_monitor.checkpoint import load_checkpoint
-        from primate_monitor.quantize import auto_precision, calibrate
+        from primate_monitor.int8_check import auto_precision
+        from primate_monitor.quantize import calibrate
 
         calibrate(load_checkpoint(ckpt), SOURCES, seconds_per_file=120)  # afresh: with this code's agreement check
         chosen, why = auto_precision(load_checkpoint(ckpt, "cpu"))

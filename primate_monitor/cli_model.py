@@ -38,7 +38,8 @@ def quantize(checkpoint: Path, audio: tuple[Path, ...], seconds_per_file: float,
         path = calibrate(model, files, out, seconds_per_file)
     except (*USER_ERRORS, OSError) as e:
         _fail(e)
-    from .quantize import check_passed, describe_check, read_calibration
+    from .int8_check import check_passed, describe_check
+    from .quantize import read_calibration
 
     check = read_calibration(path, tensors=False)[0]["agreement"]
     click.echo(f"int8 calibration from {len(files)} file(s) -> {path}\n  check: {describe_check(check)}\n"

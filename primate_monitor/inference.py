@@ -225,8 +225,8 @@ class StreamScorer:
         self.network = model.network.eval()
         self.device = next(self.network.parameters()).device
         self.cuda = self.device.type == "cuda"
-        if precision == "auto":  # a library caller's: int8 where the calibration allows it (quantize.auto_precision)
-            from .quantize import auto_precision
+        if precision == "auto":  # a library caller's: int8 where the calibration allows it (int8_check.auto_precision)
+            from .int8_check import auto_precision
 
             precision = auto_precision(model)[0]
         if precision == "int8":  # the body in int8 from the checkpoint's calibration (quantize.py)
@@ -449,7 +449,7 @@ def resolve_mode(model: LoadedModel, hop_samples: int, mode: str) -> str:
 def make_scorer(model: LoadedModel, hop_samples: int, batch_size: int, mode: str,
                 spans_per_call: int | None = None, precision: str = "fp32") -> StreamScorer:
     """The scorer for ``mode``; ``spans_per_call`` None picks 1 on the CPU, SPANS_PER_CALL_CUDA on a GPU;
-    ``precision`` int8 runs the body in int8 (CPU only: quantize.py); auto lets quantize.auto_precision choose."""
+    ``precision`` int8 runs the body in int8 (CPU only: quantize.py); auto lets int8_check.auto_precision choose."""
     # an explicit --mode fast on a network without a fast path is an error (FastScorer says so), not a silent fallback
     if resolve_mode(model, hop_samples, mode) == "fast":
         return FastScorer(model, hop_samples, batch_size, spans_per_call, precision)

@@ -1,19 +1,14 @@
-"""Opt-in int8 inference on the CPU (``scan --precision int8``).
+"""int8 inference on the CPU (``scan --precision int8``, and the default ``auto`` where it is safe).
 
 Why: on the CPU the convolutional trunk is ~90 % of a scan (docs/benchmarks.md). Its
 convolutions in 8-bit integers (static quantisation: int8 weights per output channel, int8
 activations per tensor, through torch's x86 quantised kernels) run them about twice as fast,
 for scores that move by about 1e-2 (measured on real recordings: docs/benchmarks.md).
 
-The scan's default, ``--precision auto``, runs int8 only where that is safe to do silently:
-on the CPU, with a calibration made for these very weights, whose own check (below) showed the
-int8 network deciding as the fp32 one does. Anything else scans in fp32 (``auto_precision``).
-A calibration measures that agreement when it is made: 3-s windows of its audio, 1 s apart as
-in a scan at the default hop, are scored by both networks, and the share of windows whose set
-of classes above 0.5 is the same, and the score differences, are stored in its metadata. It is
-measured on the calibration audio itself, so it says the quantisation is sound for this
-network, not that it holds on every recording; ``benchmarks/scan_bench.py --int8-agreement``
-measures it on held-out recordings.
+Each calibration also checks itself: 3-s windows of its audio, 1 s apart as in a scan, are
+scored by both networks, and the result is stored in its metadata. ``int8_check.auto_precision``
+reads it to decide the scan's default, ``--precision auto``: int8 only on the CPU, with a
+calibration made for these very weights whose check passed; fp32 otherwise.
 
 Static quantisation needs the range of every activation, seen on real audio. That is a
 *calibration*, made once per checkpoint (``primate-monitor quantize CKPT --calibrate AUDIO``)
@@ -55,12 +50,7 @@ from .fsutil import atomic_write
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "int8")
-# what ``auto`` asks of a calibration's own agreement check before it scans in int8
-AUTO_MIN_WINDOWS = 100  # fewer windows than this (~2 min of audio) say too little to run int8 unasked
-AUTO_MIN_DECISIONS = 0.99  # share of windows with the same classes above DECISION_THRESHOLD
-AUTO_MAX_P99_DIFF = 0.05  # 99th percentile of |int8 - fp32| over windows and classes
-DECISION_THRESHOLD = 0.5
-AGREEMENT_MAX_WINDOWS = 600  # windows kept for the check: ~11 min of audio, ~46 MB of log-mel at 16 kHz
+AGREEMENT_MAX_WINDOWS = 600  # windows kept for the agreement check: ~11 min of audio, ~46 MB of log-mel at 16 kHz
 SUFFIX = ".int8.safetensors"
 ENGINE = "x86"
 METADATA_KEY = "primate_monitor_int8"
@@ -227,6 +217,8 @@ def calibrate_audio(model: LoadedModel, audio: Iterable[np.ndarray], out: str | 
     if eager is not None:
         tensors |= eager[0]
         meta["eager"] = eager[1]
+    from .int8_check import agreement, describe_check
+
     meta["agreement"] = agreement(model, _build(model, tensors, meta, target), windows)
     logger.info("check: %s", describe_check(meta["agreement"]))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -234,81 +226,6 @@ def calibrate_audio(model: LoadedModel, audio: Iterable[np.ndarray], out: str | 
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
     logger.info("int8 calibration of %s on %.1f min of audio -> %s", model.path.name, seconds / 60, target)
     return target
-
-
-def agreement(model: LoadedModel, int8: "Int8Classifier", windows: list[torch.Tensor]) -> dict[str, float]:
-    """How the int8 network's window scores compare with the fp32 network's on ``windows``
-    (log-mel, one window each): the share of windows whose classes above DECISION_THRESHOLD are
-    the same, and the 99th percentile and maximum of the absolute score differences. ``auto``
-    reads this to decide whether int8 may replace fp32 without being asked."""
-    from .predict import activate
-
-    if not windows:
-        return {"windows": 0, "decisions_equal": 0.0, "p99_abs_diff": None, "max_abs_diff": None}  # nothing checked
-    fp32 = copy.deepcopy(model.network).cpu().eval()
-    a, b = [], []
-    with torch.no_grad():
-        for i in range(0, len(windows), 64):
-            x = torch.cat(windows[i:i + 64])
-            a.append(activate(fp32(x)[0].float(), model.info.activation))
-            b.append(activate(int8(x)[0].float(), model.info.activation))
-    sa, sb = torch.cat(a), torch.cat(b)
-    same = ((sa >= DECISION_THRESHOLD) == (sb >= DECISION_THRESHOLD)).all(dim=1).float().mean().item()
-    diff = (sa - sb).abs().flatten()
-    return {"windows": len(sa), "decisions_equal": round(same, 6),
-            "p99_abs_diff": round(torch.quantile(diff, 0.99).item(), 6), "max_abs_diff": round(diff.max().item(), 6)}
-
-
-def auto_precision(model: LoadedModel) -> tuple[str, str]:
-    """(``"int8"`` or ``"fp32"``, why) for ``scan --precision auto``.
-
-    Why a gate and not int8 everywhere: int8 is ~1.6x faster on the CPU, but a user who did not
-    ask for it must get fp32's decisions. So int8 only when the model runs on the CPU, torch has
-    the x86 int8 kernels, the checkpoint has a calibration made for these weights, and that
-    calibration's own agreement check passed (``check_passed``). Any other
-    case, including a damaged or foreign calibration, scans in fp32; --precision int8 still
-    insists (and fails loudly)."""
-    if isinstance(model.network, Int8Classifier):
-        return "int8", "the model was prepared in int8"
-    if next(model.network.parameters()).device.type != "cpu":
-        return "fp32", "the model runs on a GPU (bf16 autocast there)"
-    path = calibration_path(model.path)
-    if not path.is_file():
-        return "fp32", f"no int8 calibration beside {model.path.name}"
-    if ENGINE not in torch.backends.quantized.supported_engines:
-        return "fp32", f"this torch build has no {ENGINE} int8 kernels"
-    try:
-        meta = read_calibration(path, tensors=False)[0]
-    except CheckpointError as e:
-        return "fp32", str(e)
-    check = meta.get("agreement") if isinstance(meta, dict) else None
-    if not isinstance(check, dict):
-        return "fp32", f"{path.name} has no agreement check (made before it existed); run `primate-monitor quantize` again"
-    if not check_passed(check):
-        return "fp32", (f"{path.name}: its check does not meet auto's bar ({describe_check(check)}; auto asks for "
-                        f"{AUTO_MIN_WINDOWS} windows, {100 * AUTO_MIN_DECISIONS:g} % alike, 99th percentile "
-                        f"<= {AUTO_MAX_P99_DIFF}); calibrate on more audio, or scan with --precision int8")
-    try:
-        int8_network(model)  # the weights digest, and the layers themselves, must fit
-    except (CheckpointError, RuntimeError, ValueError) as e:
-        return "fp32", str(e)
-    return "int8", f"{path.name}: {describe_check(check)}"
-
-
-def check_passed(check: dict) -> bool:
-    """Whether a calibration's agreement check (``agreement``) is enough for ``--precision auto``
-    to run int8: enough windows, nearly all deciding alike, small score differences."""
-    p99 = check.get("p99_abs_diff")
-    return (check.get("windows", 0) >= AUTO_MIN_WINDOWS and check.get("decisions_equal", 0) >= AUTO_MIN_DECISIONS
-            and p99 is not None and p99 <= AUTO_MAX_P99_DIFF)
-
-
-def describe_check(check: dict) -> str:
-    """One line for logs and the quantize command: what the agreement check found."""
-    if not check.get("windows"):
-        return "no whole 3-s window in the calibration audio, so nothing was checked"
-    return (f"int8 agreed with fp32 on {100 * check.get('decisions_equal', 0):.1f} % of {check['windows']} "
-            f"calibration windows, 99th percentile score difference {check.get('p99_abs_diff') or 0:.4f}")
 
 
 def read_calibration(path: Path, tensors: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:

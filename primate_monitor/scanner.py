@@ -44,7 +44,7 @@ class ScanConfig:
     # threshold of their own; False when the user chose one threshold for all (a bare --threshold)
     model_thresholds: bool = True
     # auto (int8 where the checkpoint's calibration showed it agrees with fp32, on the CPU; else
-    # fp32: quantize.auto_precision) | fp32 | int8 (insists: CPU only, needs the calibration)
+    # fp32: int8_check.auto_precision) | fp32 | int8 (insists: CPU only, needs the calibration)
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -188,11 +188,12 @@ def events_table(scores: RecordingScores, model: LoadedModel, options: EventOpti
 
 
 def resolve_precision(model: LoadedModel, config: ScanConfig) -> ScanConfig:
-    """``config`` with ``precision`` auto made fp32 or int8 for ``model`` (quantize.auto_precision),
+    """``config`` with ``precision`` auto made fp32 or int8 for ``model`` (int8_check.auto_precision),
     logged with the reason; any other precision is returned as it is."""
     if config.precision != "auto":
         return config
-    from .quantize import auto_precision, calibration_path
+    from .int8_check import auto_precision
+    from .quantize import calibration_path
 
     chosen, why = auto_precision(model)
     # a calibration that is there but unusable (damaged, for other weights, failed its check)

@@ -1,4 +1,4 @@
-"""Opt-in int8 scanning (issue 11): calibration beside the checkpoint, agreement with fp32 on
+"""int8 scanning (issue 11): calibration beside the checkpoint, agreement with fp32 on
 real recordings, clear errors, and determinism across processes' rebuilds."""
 
 from __future__ import annotations
@@ -253,7 +253,8 @@ def test_auto_precision_runs_int8_only_where_the_calibration_passed_its_check(ti
     import json
 
     from primate_monitor.checkpoint import load_checkpoint
-    from primate_monitor.quantize import AUTO_MIN_DECISIONS, AUTO_MIN_WINDOWS, auto_precision, calibration_path
+    from primate_monitor.int8_check import AUTO_MIN_DECISIONS, AUTO_MIN_WINDOWS, auto_precision
+    from primate_monitor.quantize import calibration_path
 
     def params(out):
         return json.loads((out / "run.json").read_text())["parameters"]
@@ -307,7 +308,8 @@ def test_agreement_check_sees_a_network_that_decides_otherwise(tiny_checkpoint):
 
     from primate_monitor.checkpoint import load_checkpoint
     from primate_monitor.frontend import LogMel
-    from primate_monitor.quantize import _window_frames, agreement
+    from primate_monitor.int8_check import agreement
+    from primate_monitor.quantize import _window_frames
     from primate_monitor.audio import load_audio
 
     model = load_checkpoint(tiny_checkpoint, "cpu")

@@ -91,7 +91,8 @@ def test_train_calibrates_best_for_int8_and_auto_follows_its_check(run, tmp_path
     from safetensors import safe_open
 
     from primate_monitor.checkpoint import load_checkpoint
-    from primate_monitor.quantize import check_passed, weights_digest
+    from primate_monitor.int8_check import check_passed
+    from primate_monitor.quantize import weights_digest
 
     with safe_open(str(run / "best.int8.safetensors"), "pt") as f:
         meta = json.loads(f.metadata()["primate_monitor_int8"])
