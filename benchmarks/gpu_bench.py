@@ -222,7 +222,7 @@ def train_phase(args: argparse.Namespace) -> None:
         sync()
         steps, t0 = 0, time.perf_counter()
         while steps < max_steps and time.perf_counter() - t0 < max_seconds:
-            loss = trainer.train_step()  # returns float(loss): one sync per step, as in Trainer.run
+            loss = trainer.train_step()  # the loss as a device tensor: no sync per step, as in Trainer.run
             steps += 1
         sync()
         rate = steps / (time.perf_counter() - t0)
@@ -234,7 +234,7 @@ def train_phase(args: argparse.Namespace) -> None:
     validations = iters // 1000
     report = {"facts": device_facts() | {"smoke": small, "model": "cnn10 16 kHz", "batch": config.batch_size,
                                         "devel_clips": len(trainer.devel_data.clips)},
-              "steps_timed": steps, "iterations_per_s": rate, "last_loss": loss, "validate_s": validate_s,
+              "steps_timed": steps, "iterations_per_s": rate, "last_loss": float(loss), "validate_s": validate_s,
               "projected_60k_s": iters / rate, "projected_60k_with_validation_s": iters / rate + validations * validate_s}
     save(Path(args.results), "train.json", report)
     log(f"{rate:.2f} it/s at batch {config.batch_size} ({steps} steps); 60k iterations: {iters / rate / 60:.1f} min "
