@@ -93,6 +93,8 @@ class TrainConfig:
             (self.data_format in ("auto", "compare", "folders", "raven"), "data_format must be auto, compare, folders or raven"),
             (0.0 < self.devel_fraction < 1.0, "devel_fraction must be in (0, 1)"),
             (self.workers >= 1, "workers must be at least 1"),
+            (math.isfinite(self.int8_calibration_seconds) and self.int8_calibration_seconds >= 0,
+             "int8_calibration_seconds must be a finite number >= 0 (0: no int8 calibration)"),
             (min(self.time_stripes, self.freq_stripes, self.time_stripe_width, self.freq_stripe_width) >= 0,
              "SpecAugment stripe counts and widths must be >= 0"),
         ]

@@ -107,6 +107,8 @@ def test_train_calibrates_best_for_int8_and_auto_follows_its_check(run, tmp_path
 
 
 def test_int8_calibration_can_be_turned_off(tmp_path):
+    result = cli(*train_args(CLIPS, tmp_path / "bad", *CHEAP, "--set", "int8_calibration_seconds=-5", iterations=1))
+    assert_user_error(result, "int8_calibration_seconds")
     out = tmp_path / "run"
     result = cli(*train_args(CLIPS, out, *CHEAP, "--set", "int8_calibration_seconds=0", iterations=1,
                              cache=tmp_path / "cache"))
