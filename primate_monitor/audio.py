@@ -51,8 +51,14 @@ _UNPROBEABLE_FORMATS = frozenset({"raw"})
 _TRUNCATED_RE = re.compile(r"^\s*data\s*:\s*\d+\s*\(should be \d+\)", re.MULTILINE)
 
 AUDIO_ERROR_KINDS = frozenset(
-    {"empty", "no_samples", "not_audio", "unsupported", "permission", "corrupt", "missing", "channel", "truncated"}
+    {"empty", "no_samples", "not_audio", "unsupported", "permission", "corrupt", "missing", "channel", "truncated",
+     "oversize"}
 )
+# Bytes per sample of the WAV subtypes whose data size follows from the frame count.
+_WAV_SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+# More bytes than this beyond a WAV's declared audio is audio its header cannot describe (a WAV
+# over 4 GiB: the RIFF size fields are 32-bit), not a trailing metadata chunk (GUANO, iXML: KBs).
+UNREAD_BYTES_LIMIT = 1 << 20
 
 
 class AudioReadError(Exception):
@@ -61,8 +67,9 @@ class AudioReadError(Exception):
     ``kind`` is one of AUDIO_ERROR_KINDS: "empty" (zero bytes), "no_samples"
     (valid header, 0 frames), "not_audio" (libsndfile cannot parse it),
     "unsupported" (an extension libsndfile does not read), "permission",
-    "corrupt" (decode error mid-stream), "missing" (also a broken symlink), "channel"
-    or "truncated" (the header promises more audio than the file holds). The path in the
+    "corrupt" (decode error mid-stream), "missing" (also a broken symlink), "channel",
+    "truncated" (the header promises more audio than the file holds) or "oversize" (a WAV
+    holds far more bytes than its header declares, e.g. one over 4 GiB). The path in the
     message is ``fsutil.printable``: a name with a tab or invalid UTF-8 still makes a message
     that can be logged and stored.
     """
@@ -100,6 +107,7 @@ class AudioInfo:
     subtype: str  # e.g. "PCM_16"
     comment: str | None  # e.g. AudioMoth's "Recorded at ... (UTC) by AudioMoth ..."
     truncated: bool = False  # the header promises more data than the file holds
+    unread_bytes: int = 0  # a WAV's bytes beyond its declared audio, when over UNREAD_BYTES_LIMIT (see _unread_bytes)
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
@@ -155,10 +163,28 @@ def _info(f: sf.SoundFile, path: str | Path) -> AudioInfo:
         subtype=f.subtype,
         comment=f.comment or None,
         truncated=bool(_TRUNCATED_RE.search(f.extra_info)),
+        unread_bytes=_unread_bytes(f, path),
     )
     if info.frames == 0:
         raise AudioReadError(path, "no_samples", "header is valid but holds 0 frames")
     return info
+
+
+def _unread_bytes(f: sf.SoundFile, path: str | Path) -> int:
+    """Bytes of a WAV beyond the audio its header declares, if more than UNREAD_BYTES_LIMIT, else 0.
+
+    Why: a plain WAV cannot describe more than 4 GiB (its size fields are 32-bit). A recorder or
+    tool that writes more anyway leaves a file that libsndfile reads only up to the declared
+    size, silently. Counting what lies beyond lets the scan say so instead of losing it."""
+    width = _WAV_SAMPLE_BYTES.get(f.subtype)
+    if f.format not in ("WAV", "WAVEX") or width is None:
+        return 0
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return 0
+    extra = size - f.frames * f.channels * width
+    return extra if extra > UNREAD_BYTES_LIMIT else 0
 
 
 def probe(path: str | Path) -> AudioInfo:

@@ -292,6 +292,31 @@ def make_bad_folder(root: Path) -> Path:
     return root
 
 
+def test_a_wav_holding_more_than_its_header_declares_is_partial_not_silently_cut(tiny_checkpoint, tmp_path):
+    """A WAV over 4 GiB cannot declare its size, and libsndfile reads only what the header says.
+    Stand-in: 10 s declared, then 2 MiB more audio bytes after the data chunk. The scan reads the
+    10 s, lists the file as partial ("oversize", exit 3) and says what to do. A few KB after the
+    audio (a metadata chunk) is normal and stays "ok"."""
+    audio, sr = read_rec()
+    root = tmp_path / "rec"
+    root.mkdir()
+    big, small = root / "big.wav", root / "small.wav"
+    for path, extra in ((big, 2 * 2**20 + 2), (small, 4096)):
+        sf.write(path, audio[: 10 * sr], sr, subtype="PCM_16")
+        with open(path, "ab") as f:
+            f.write(np.random.default_rng(1).integers(-3000, 3000, extra // 2, dtype=np.int16).tobytes())
+    out = tmp_path / "out"
+    result = invoke("-q", "scan", root, "-o", out, "--model", tiny_checkpoint)
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    failures = pd.read_csv(out / "failures.csv", keep_default_na=False).set_index("recording")
+    assert dict(failures["kind"]) == {"big.wav": "oversize"}
+    assert "2 MiB more than its WAV header declares" in failures.loc["big.wav", "message"]
+    assert "RF64" in failures.loc["big.wav", "message"]
+    recs = pd.read_csv(out / "recordings.csv", keep_default_na=False).set_index("recording")
+    assert recs.loc["big.wav", "status"] == "partial" and recs.loc["small.wav", "status"] == "ok"
+    assert float(recs.loc["big.wav", "duration_s"]) == pytest.approx(10.0)
+
+
 def test_bad_files_are_reported_not_fatal(tiny_checkpoint, tmp_path):
     root = make_bad_folder(tmp_path / "bad")
     out = tmp_path / "out"
