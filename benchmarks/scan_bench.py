@@ -50,7 +50,9 @@ def make_audio(path: Path, hours: float, sample_rate: int) -> Path:
     pieces = [load_audio(p, sample_rate) for p in SOURCES]
     total = int(hours * 3600 * sample_rate)
     tmp = path.with_suffix(".tmp.wav")
-    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16") as f:
+    # a plain WAV cannot describe more than 4 GiB (a 24-h 48 kHz file is 8.3 GB): RF64 beyond that
+    fmt = "RF64" if total * 2 > 2**32 - 2**20 else "WAV"
+    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=1, subtype="PCM_16", format=fmt) as f:
         written, i = 0, 0
         while written < total:
             piece = pieces[i % len(pieces)][: total - written]
