@@ -181,6 +181,7 @@ def calibrate_audio(model: LoadedModel, audio: Iterable[np.ndarray], out: str | 
     in the file's metadata. Also measures int8 against fp32 on the same audio (``agreement``),
     which ``--precision auto`` reads."""
     from safetensors.torch import save_file
+    from torch.ao.quantization.quantize_fx import convert_fx
 
     from .frontend import LogMel
 
@@ -213,13 +214,17 @@ def calibrate_audio(model: LoadedModel, audio: Iterable[np.ndarray], out: str | 
     meta = {"for_weights": weights_digest(model.network), "checkpoint": model.path.name, "engine": ENGINE,
             **sources, "seconds": round(seconds, 3), "torch": torch.__version__}
     tensors = _observer_state(prepared)
-    eager = _eager_export(prepared, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = convert_fx(copy.deepcopy(prepared))  # once: for the eager export and the check
+    eager = _eager_export(converted, model)
     if eager is not None:
         tensors |= eager[0]
         meta["eager"] = eager[1]
     from .int8_check import agreement, describe_check
 
-    meta["agreement"] = agreement(model, _build(model, tensors, meta, target), windows)
+    # the network a scan will build from this file (the eager rebuild, or FX's converted graph)
+    meta["agreement"] = agreement(model, _build(model, tensors, meta, target, converted), windows)
     logger.info("check: %s", describe_check(meta["agreement"]))
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(target) as tmp:
@@ -257,16 +262,11 @@ def copy_calibration(source: str | Path, dest: str | Path) -> Path | None:
     return target
 
 
-def _eager_export(prepared: torch.fx.GraphModule, model: LoadedModel) -> tuple[dict, dict] | None:
-    """The converted int8 layers as tensors for ``quantize_panns`` (PANNs CNNs only), kept only
-    when the eager rebuild gives exactly the converted graph's output."""
-    from torch.ao.quantization.quantize_fx import convert_fx
-
+def _eager_export(converted: torch.fx.GraphModule, model: LoadedModel) -> tuple[dict, dict] | None:
+    """The int8 layers of FX's ``converted`` body as tensors for ``quantize_panns`` (PANNs CNNs
+    only), kept only when the eager rebuild gives exactly the converted graph's output."""
     from .quantize_panns import Int8PannsBody, export
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        converted = convert_fx(copy.deepcopy(prepared))
     exported = export(converted, model.network)
     if exported is None:
         return None
@@ -344,8 +344,11 @@ def int8_network(model: LoadedModel) -> Int8Classifier:
     return network
 
 
-def _build(model: LoadedModel, tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> Int8Classifier:
-    """The int8 network from a calibration's tensors and metadata (``path`` names it in errors)."""
+def _build(model: LoadedModel, tensors: dict[str, torch.Tensor], meta: dict, path: Path,
+           converted: nn.Module | None = None) -> Int8Classifier:
+    """The int8 network from a calibration's tensors and metadata (``path`` names it in errors).
+    ``converted``: FX's converted body when the caller has it (``calibrate_audio``), so a network
+    without the eager rebuild is not traced and converted a second time."""
     fp32 = copy.deepcopy(model.network).cpu().eval()
     if meta.get("eager"):  # a PANNs CNN: rebuilt from the stored int8 layers, no FX (quantize_panns)
         from .quantize_panns import Int8PannsBody
@@ -356,6 +359,8 @@ def _build(model: LoadedModel, tensors: dict[str, torch.Tensor], meta: dict, pat
             raise CheckpointError(f"{path}: its int8 layers do not fit this network ({exc}); "
                                   "run `primate-monitor quantize` again") from exc
         fp32.blocks = nn.ModuleList()  # the body runs in int8; only bn0 and the head stay float
+    elif converted is not None:
+        body = converted
     else:
         from torch.ao.quantization.quantize_fx import convert_fx
 
