@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from primate_monitor.event_eval import find_truth_tables, is_match, read_truth
+from primate_monitor.event_eval import find_truth_tables, is_match, read_truth, truth_by_recording
 from primate_monitor.fsutil import atomic_write, write_json
 from primate_monitor.raven import read_selection_table
 from primate_monitor.review import VERDICT_COLUMN
@@ -50,14 +50,6 @@ def cli(*args: str) -> None:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stdout}\n{done.stderr}")
 
 
-def truth_for(recording: Path, tables: list[Path]) -> Path | None:
-    """The truth table named after the recording's stem (``rec.wav`` <- ``rec.*.selections.txt``)."""
-    hits = [t for t in tables if t.name.startswith(recording.stem + ".")]
-    if len(hits) > 1:
-        raise SystemExit(f"{recording}: several truth tables {hits}")
-    return hits[0] if hits else None
-
-
 def verdict(begin: float, end: float, species: str, truth: pd.DataFrame) -> str:
     """What a reviewer holding the truth writes for one detection."""
     hits = [t for t in truth.itertuples(index=False) if is_match((begin, end), (t.begin_s, t.end_s))]
@@ -66,17 +58,18 @@ def verdict(begin: float, end: float, species: str, truth: pd.DataFrame) -> str:
     return hits[0].species if hits else "no"
 
 
-def fill_verdicts(review_dir: Path, tables: list[Path], only: set[str] | None = None) -> dict[str, int]:
+def fill_verdicts(review_dir: Path, truth_tables: dict[str, Path], only: set[str] | None = None) -> dict[str, int]:
     """Write a verdict into every row of every review table (atomically, as Raven would save);
-    with ``only``, just the tables of recordings with those stems (the others stay unreviewed)."""
+    ``truth_tables`` maps a recording's stem to its truth table. With ``only``, just the tables of
+    recordings with those stems (the others stay unreviewed)."""
     counts: dict[str, int] = {}
     for path in sorted((review_dir / "raven").rglob("*.selections.txt")):
         table = read_selection_table(path)
         recording = Path(str(table["Begin Path"].iloc[0]).strip())
         if only is not None and recording.stem not in only:
             continue
-        truth_table = truth_for(recording, tables)
-        truth = read_truth(truth_table) if truth_table else pd.DataFrame(columns=["begin_s", "end_s", "species"])
+        table_path = truth_tables.get(recording.stem)
+        truth = read_truth(table_path) if table_path else pd.DataFrame(columns=["begin_s", "end_s", "species"])
         lines = path.read_text(encoding="utf-8").splitlines()
         header = lines[0].split("\t")
         col = header.index(VERDICT_COLUMN)
@@ -128,14 +121,17 @@ def main() -> None:
     if not (scan / "windows.parquet").exists():
         extra = ["--threshold", str(args.scan_threshold)] if args.scan_threshold is not None else []
         cli("scan", str(args.recordings), "-o", str(scan), "--model", args.model, "--save-window-scores", *extra)
-    stems = sorted(Path(r).stem for r in pd.read_csv(scan / "recordings.csv")["recording"])
+    # evaluate-events' own matching of tables to recordings (an ambiguous or stray table is an error)
+    recordings = list(pd.read_csv(scan / "recordings.csv")["recording"])
+    truth = {Path(rec).stem: table for rec, table in truth_by_recording(tables, recordings).items()}
+    stems = sorted(Path(r).stem for r in recordings)
     # a seeded random half: the calibration recordings cycle species by file, so every other file would split them by species
     fit = set(np.random.default_rng(0).permutation(stems)[: len(stems) // 2]) if args.holdout else set(stems)
-    judge = [t for t in tables if not args.holdout or not any(t.name.startswith(s + ".") for s in fit)]
+    judge = [table for stem, table in truth.items() if not args.holdout or stem not in fit]
 
     review = work / "review"
     cli("review", str(scan), "-o", str(review), "--no-sheets", "--overwrite", *(["--all"] if args.all else []))
-    counts = fill_verdicts(review, tables, fit if args.holdout else None)
+    counts = fill_verdicts(review, truth, fit if args.holdout else None)
     thresholds = work / "thresholds.yaml"
     cli("calibrate", str(review / "raven"), "-o", str(thresholds), "--precision", str(args.precision),
         "--plots", str(work / "calibration"))
