@@ -126,6 +126,11 @@ class LoadedModel:
         """``<model>@<first 12 hex digits of the weights file's sha256>``, stored with every detection."""
         return f"{self.info.model}@{self.sha256[:12]}"
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are: what decides CPU-only paths (int8) and GPU batching."""
+        return next(self.network.parameters()).device
+
 
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], info: ModelInfo, dtype: torch.dtype | None = None) -> Path:
     """Write weights + metadata atomically (temp file then rename); ``dtype`` casts float tensors (e.g. fp16)."""

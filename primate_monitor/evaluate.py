@@ -57,7 +57,7 @@ def evaluate(
     good, audio, failed = decode_clips(clips, info.sample_rate, None, config.workers, skip_bad)
     if failed:
         write_csv(pd.DataFrame([(str(c.path), r) for c, r in failed], columns=["path", "reason"]), out / "skipped_clips.csv")
-    device = next(model.network.parameters()).device
+    device = model.device
     frontend = LogMel(info.frontend).to(device)
     clip_samples = round(info.clip_seconds * info.sample_rate)
     scores = score_clips(model.network, frontend, audio, clip_samples, round(hop_seconds * info.sample_rate), info.activation,

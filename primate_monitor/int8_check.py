@@ -58,7 +58,7 @@ def auto_precision(model: LoadedModel) -> tuple[str, str]:
     insists (and fails loudly)."""
     if isinstance(model.network, Int8Classifier):
         return "int8", "the model was prepared in int8"
-    if next(model.network.parameters()).device.type != "cpu":
+    if model.device.type != "cpu":
         return "fp32", "the model runs on a GPU (bf16 autocast there)"
     path = calibration_path(model.path)
     if not path.is_file():

@@ -319,7 +319,7 @@ def int8_network(model: LoadedModel) -> Int8Classifier:
     once per checkpoint and calibration in a process (a scan builds a scorer per recording)."""
     if isinstance(model.network, Int8Classifier):  # prepare_model already swapped it in
         return model.network
-    if next(model.network.parameters()).device.type != "cpu":
+    if model.device.type != "cpu":
         raise ValueError("--precision int8 runs on the CPU only (torch's int8 kernels are CPU kernels); "
                          "on a GPU use the default precision, which runs in bf16 there")
     path = calibration_path(model.path)

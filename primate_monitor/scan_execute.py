@@ -171,7 +171,11 @@ def recording_record(rec: Recording, scores: RecordingScores | None, error: Audi
         kind, message = "oversize", (f"{rec.display_path}: the file holds {info.unread_bytes / 2**20:.0f} MiB more than its "
                                      f"WAV header declares (a WAV cannot describe more than 4 GiB), so only the first "
                                      f"{scores.duration_s:.3f} s were scanned; convert it to RF64, W64 or FLAC and scan again")
-    note = f"truncated file: scanned the {scores.duration_s:.3f} s present" if scores.truncated else ""
+    note = ""
+    if scores.truncated:
+        note = f"truncated file: scanned the {scores.duration_s:.3f} s present"
+    elif info.unread_bytes:
+        note = f"oversize WAV: scanned the {scores.duration_s:.3f} s its header declares"
     return record | {
         "status": "partial" if kind else "ok", "error_kind": kind, "error": message, "note": note,
         "duration_s": scores.duration_s, "sample_rate": info.sample_rate, "channels": info.channels,

@@ -62,12 +62,15 @@ class ScanRun:
     (``workers`` local processes) or ``dask`` (``cluster``: ``local:N``, ``tcp://host:port``,
     ``slurm:N``, or a connected ``distributed.Client``; a cluster implies dask).
     ``piece_seconds`` cuts recordings longer than that into pieces scored apart (None: whole).
+    ``batch_recordings`` (None: when the model is on a GPU) makes the serial executor score
+    spans from ``workers`` recordings in each network call (``scan_batched.BatchedExecutor``).
     None of these change the results, so they are not run parameters: the same scan rerun
     with another executor or cluster resumes."""
 
     def __init__(self, paths: list[str | Path], out: str | Path, config: ScanConfig, model: LoadedModel,
                  workers: int = 1, save_window_scores: bool = False, executor: str | None = None,
-                 cluster: Any = None, piece_seconds: float | None = None, torch_threads: int | None = None) -> None:
+                 cluster: Any = None, piece_seconds: float | None = None, torch_threads: int | None = None,
+                 batch_recordings: bool | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         executor = executor or ("dask" if cluster is not None else "serial")
@@ -90,6 +93,8 @@ class ScanRun:
         self.workers, self.save_windows = workers, save_window_scores
         self.executor, self.cluster = executor, cluster
         self.piece_seconds, self.torch_threads = piece_seconds, torch_threads
+        # the serial executor on a GPU batches spans from ``workers`` recordings into each call
+        self.batch_recordings = model.device.type == "cuda" if batch_recordings is None else batch_recordings
         self.inputs = [printable_path(p) for p in paths]
         self.plan = plan_recordings(list(paths))
         self.recordings = self.plan.recordings
@@ -143,7 +148,12 @@ class ScanRun:
         """The executor asked for, with its cluster or process pool, closed on exit."""
         sr = self.model.info.sample_rate
         if self.executor == "serial":
-            yield SerialExecutor(self.scan_one, self.model, self.config, self.workers, self.save_windows)
+            if self.batch_recordings:
+                from .scan_batched import BatchedExecutor
+
+                yield BatchedExecutor(self.model, self.config, self.workers, self.save_windows)
+            else:
+                yield SerialExecutor(self.scan_one, self.model, self.config, self.workers, self.save_windows)
             return
         stage = str(self.state.stage_folder())  # workers that see OUT write their parts here
         if self.executor == "processes":
@@ -326,12 +336,13 @@ def scan(paths: list[str | Path], out: str | Path, config: ScanConfig | None = N
          model: LoadedModel | str | Path | None = None, device: str = "auto", workers: int = 1,
          save_window_scores: bool = False, overwrite: bool = False, progress: bool = True,
          executor: str | None = None, cluster: Any = None, piece_seconds: float | None = None,
-         torch_threads: int | None = None) -> ScanSummary:
+         torch_threads: int | None = None, batch_recordings: bool | None = None) -> ScanSummary:
     """Scan every recording under ``paths`` into ``out``; resumes an interrupted scan of the same
     parameters, whatever executor ran it. ``model`` is a LoadedModel, a checkpoint path, or None
-    for the bundled demo model. ``executor``, ``cluster``, ``piece_seconds`` and ``torch_threads``
-    say how the work is spread (see ScanRun); they never change the outputs."""
+    for the bundled demo model. ``executor``, ``cluster``, ``piece_seconds``, ``torch_threads`` and
+    ``batch_recordings`` say how the work is spread (see ScanRun); they never change the outputs
+    (batching: up to float rounding)."""
     # precision auto resolved, and the checkpoint's calibrated thresholds filled in unless overridden
     loaded, config = prepare_scan(model, config or ScanConfig(), device)
     return ScanRun(paths, out, config, loaded, workers, save_window_scores, executor, cluster, piece_seconds,
-                   torch_threads).run(overwrite, progress)
+                   torch_threads, batch_recordings).run(overwrite, progress)

@@ -198,7 +198,7 @@ def resolve_precision(model: LoadedModel, config: ScanConfig) -> ScanConfig:
     chosen, why = auto_precision(model)
     # a calibration that is there but unusable (damaged, for other weights, failed its check)
     # is worth a warning: its owner expects int8
-    on_cpu = next(model.network.parameters()).device.type == "cpu"
+    on_cpu = model.device.type == "cpu"
     unusable = chosen == "fp32" and on_cpu and calibration_path(model.path).is_file()
     logger.log(logging.WARNING if unusable else logging.INFO, "precision auto -> %s: %s", chosen, why)
     return replace(config, precision=chosen)
@@ -232,7 +232,7 @@ def _prepare(model: LoadedModel | str | Path | None, config: ScanConfig, device:
     if owned:
         model = load_checkpoint(model if model is not None else default_model_path(), resolve_device(device))
         config = resolve_precision(model, config)  # on the unfolded weights: the calibration's digest is theirs
-        if config.precision == "fp32" and next(model.network.parameters()).device.type == "cpu":
+        if config.precision == "fp32" and model.device.type == "cpu":
             # we loaded it, so only the folded inference copy is kept: one copy of the weights in
             # memory, not two (~20 MB for CNN10; int8 needs the unfolded weights for its calibration)
             from .inference import fold_batch_norms

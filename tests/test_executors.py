@@ -127,6 +127,30 @@ def test_processes_equal_serial(corpus, tiny_checkpoint, serial_out, tmp_path):
     assert_same(out, serial_out)
 
 
+def test_batched_equals_serial(corpus, tiny_checkpoint, serial_out, tmp_path, monkeypatch):
+    """The GPU executor (``batch_recordings``), run on the CPU with 3 decoder threads: network
+    calls really hold spans of several recordings, the broken files fail as in a serial scan,
+    and every output equals the serial scan's (scores up to float rounding)."""
+    from primate_monitor.inference import FastScorer
+
+    calls, real = [], FastScorer.score_jobs
+    monkeypatch.setattr(FastScorer, "score_jobs", lambda self, jobs: (calls.append(len(jobs)), real(self, jobs))[1])
+    out = tmp_path / "batched"
+    summary = scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", workers=3, save_window_scores=True,
+                   progress=False, batch_recordings=True)
+    assert (summary.scanned, summary.failed) == (N_GOOD, 2)
+    assert max(calls) > 1 and len(calls) < N_GOOD  # spans of several recordings per call
+    ours, theirs = outputs(out), outputs(serial_out)
+    assert ours[2:] == theirs[2:]  # recordings.csv, failures.csv
+    score_columns = [c for c in ours[0].columns if "score" in c]
+    pd.testing.assert_frame_equal(ours[0].drop(columns=score_columns), theirs[0].drop(columns=score_columns),
+                                  check_exact=True)
+    np.testing.assert_allclose(ours[0][score_columns].to_numpy(float), theirs[0][score_columns].to_numpy(float),
+                               atol=1e-5)
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "windows.parquet"),
+                                  pd.read_parquet(serial_out / "windows.parquet"), check_exact=False, atol=1e-5)
+
+
 def test_dask_workers_write_parts_and_the_client_renames_them(corpus, tiny_checkpoint, client, serial_out, tmp_path,
                                                              monkeypatch):
     """Workers that see OUT write each recording's parts into OUT/.scan-state/staged and return

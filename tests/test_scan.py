@@ -315,6 +315,7 @@ def test_a_wav_holding_more_than_its_header_declares_is_partial_not_silently_cut
     recs = pd.read_csv(out / "recordings.csv", keep_default_na=False).set_index("recording")
     assert recs.loc["big.wav", "status"] == "partial" and recs.loc["small.wav", "status"] == "ok"
     assert float(recs.loc["big.wav", "duration_s"]) == pytest.approx(10.0)
+    assert recs.loc["big.wav", "note"].startswith("oversize WAV") and recs.loc["small.wav", "note"] == ""
 
 
 def test_bad_files_are_reported_not_fatal(tiny_checkpoint, tmp_path):
