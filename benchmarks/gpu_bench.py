@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_bench.py scan  --results DIR [--smoke]   # scan x real time, decode workers swept
     python benchmarks/gpu_bench.py train --results DIR [--smoke]   # training iterations/s, 60k projection
+    python benchmarks/gpu_bench.py cli   --results DIR [--smoke]   # the real `scan` command on the same audio
     python benchmarks/gpu_bench.py table --results DIR             # Markdown table from DIR/*.json
 
 scan: one hour of real 48 kHz audio, as 16 PCM16 WAV files of 225 s (the sample recordings,
@@ -13,7 +14,12 @@ Timed from the first read to the last event table, decoding and resampling inclu
 8 (and 16) decode workers; then the same audio already decoded in memory, to show what the
 network side alone reaches. train: the recipe step (front end, SpecAugment, MixUp, bf16
 forward/backward, AMSGrad, EMA) for CNN10-16k at batch 32 on the sample clips, and one
-validation pass, projected to the recipe's 60,000 iterations with 60 validations.
+validation pass, projected to the recipe's 60,000 iterations with 60 validations. cli: the
+installed `primate-monitor scan` command (a child process) on the scan phase's audio, with 4 and
+16 decode workers; on a GPU it batches spans from several recordings per call
+(scan_batched.BatchedExecutor). A scan of one 3 s file first measures the fixed cost (process
+start, imports, CUDA start-up, model load, writing), so the table gives × real time with and
+without it; peak RSS is the child's, from the kernel.
 
 Without a GPU (or with --smoke) every size shrinks so the whole script runs on a laptop CPU
 in a minute or two; its figures then mean nothing. Each phase writes its JSON after every
@@ -201,6 +207,68 @@ def scan_phase(args: argparse.Namespace) -> None:
         save(Path(args.results), "scan.json", report)
 
 
+# ---- the CLI -----------------------------------------------------------------------------
+def cli_scan(folder: Path, checkpoint: Path, out: Path, device: str, workers: int) -> dict:
+    """``primate-monitor scan folder`` in a child process: wall seconds, exit code and the peak
+    RSS of the largest child so far (ru_maxrss; ``peak_is_this_run`` says whether this run set it)."""
+    import resource
+    import shutil
+    import subprocess
+
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "primate_monitor", "-q", "scan", str(folder), "-o", str(out), "--model",
+           str(checkpoint), "--device", device, "--workers", str(workers)]
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    row = {"workers": workers, "exit": done.returncode, "seconds": seconds, "peak_rss_mb": peak_kb / 1024,
+           "peak_is_this_run": peak_kb > before}
+    if done.returncode:
+        row["stderr"] = done.stderr[-2000:]
+    return row
+
+
+def cli_phase(args: argparse.Namespace) -> None:
+    import soundfile as sf
+    import torch
+
+    cuda = torch.cuda.is_available()
+    small = args.smoke or not cuda
+    n_files = args.files or (2 if small else 16)
+    seconds = args.file_seconds or (20.0 if small else 225.0)
+    sweep = [int(w) for w in args.workers.split(",")] if args.workers else ([1, 2] if small else [4, 16])
+    scratch = Path(args.scratch)
+    paths = make_files(scratch / "audio48k", n_files, seconds)
+    checkpoint = scratch / "cnn10_16k_init.safetensors"
+    if not checkpoint.is_file():
+        make_model(checkpoint, torch.device("cpu"))
+    one = scratch / "one_file"
+    one.mkdir(exist_ok=True)
+    sf.write(one / "short.wav", sf.read(paths[0], frames=3 * 48000, dtype="int16")[0], 48000, subtype="PCM_16")
+    device = "cuda" if cuda else "cpu"
+    facts = device_facts() | {"smoke": small, "files": n_files, "file_seconds": seconds, "device": device}
+    report: dict = {"facts": facts, "rows": []}
+    fixed = cli_scan(one, checkpoint, scratch / "cli_out_short", device, 1)
+    report["fixed_s"] = fixed["seconds"]
+    log(f"fixed cost (one 3 s file): {fixed['seconds']:.2f} s, exit {fixed['exit']}")
+    audio_s = n_files * seconds
+    for workers in sweep:
+        row = cli_scan(paths[0].parent, checkpoint, scratch / f"cli_out_{workers}", device, workers)
+        row |= {"audio_s": audio_s, "xrt": audio_s / row["seconds"],
+                "xrt_after_fixed": audio_s / max(row["seconds"] - fixed["seconds"], 1e-9)}
+        report["rows"].append(row)
+        save(Path(args.results), "cli.json", report)
+        log(f"CLI, {workers} workers: {row['seconds']:.2f} s -> {row['xrt']:.0f}x real time "
+            f"({row['xrt_after_fixed']:.0f}x after the fixed cost), peak RSS {row['peak_rss_mb']:.0f} MB, exit {row['exit']}")
+        if row["exit"]:
+            raise SystemExit(f"scan failed:\n{row.get('stderr', '')}")
+    if fixed["exit"]:
+        raise SystemExit(f"the one-file scan failed:\n{fixed.get('stderr', '')}")
+
+
 # ---- train ------------------------------------------------------------------------------
 def train_phase(args: argparse.Namespace) -> None:
     import torch
@@ -282,6 +350,16 @@ def table_phase(args: argparse.Namespace) -> None:
                      f"took {train['validate_s']:.2f} s.)")
     else:
         lines.append("Training: no result (the phase failed or timed out; see the log).")
+    cli = json.loads((results / "cli.json").read_text()) if (results / "cli.json").is_file() else None
+    if cli:
+        f = cli["facts"]
+        lines += ["", f"The `scan` command (device {f['device']}) on the same {f['files'] * f['file_seconds'] / 3600:.2f} h; "
+                      f"fixed cost, from a scan of one 3 s file: {cli['fixed_s']:.2f} s.", "",
+                  "| decode workers | seconds | × real time | × real time after the fixed cost | peak RSS (MB) |",
+                  "|---|---|---|---|---|"]
+        for r in cli["rows"]:
+            lines.append(f"| {r['workers']} | {r['seconds']:.2f} | **{r['xrt']:,.0f}** | {r['xrt_after_fixed']:,.0f} | "
+                         f"{r['peak_rss_mb']:,.0f}{'' if r['peak_is_this_run'] else ' (≤: an earlier run set the peak)'} |")
     text = "\n".join(lines) + "\n"
     print(text)
     from primate_monitor.fsutil import atomic_write
@@ -292,17 +370,18 @@ def table_phase(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["scan", "train", "table"])
+    p.add_argument("phase", choices=["scan", "train", "cli", "table"])
     p.add_argument("--results", required=True, help="Folder for scan.json, train.json, gpu_table.md.")
     p.add_argument("--scratch", default=os.path.join(tempfile.gettempdir(), "pm-gpu-bench"),
                    help="Where the test audio and the checkpoint go.")
     p.add_argument("--smoke", action="store_true", help="Tiny sizes, to test the script itself.")
     p.add_argument("--files", type=int, default=0, help="scan: number of files (default 16; smoke 2).")
     p.add_argument("--file-seconds", type=float, default=0.0, help="scan: seconds per file (default 225; smoke 20).")
-    p.add_argument("--workers", default="", help="scan: decode workers to sweep, e.g. 1,2,4,8 (default 1,2,4,8,16).")
+    p.add_argument("--workers", default="", help="scan, cli: decode workers to sweep, e.g. 1,2,4,8 "
+                                                 "(default scan 1,2,4,8,16; cli 4,16).")
     p.add_argument("--train-seconds", type=float, default=30.0, help="train: time the steps for at most this long.")
     args = p.parse_args()
-    {"scan": scan_phase, "train": train_phase, "table": table_phase}[args.phase](args)
+    {"scan": scan_phase, "train": train_phase, "cli": cli_phase, "table": table_phase}[args.phase](args)
 
 
 if __name__ == "__main__":

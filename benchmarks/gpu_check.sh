@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-shot GPU check (issue 11): set up, nvidia-smi, the `cuda` tests, then scan and training
-# speed, printed as a Markdown table for docs/benchmarks.md. At most ~8 minutes: every phase
+# One-shot GPU check (issue 11): set up, nvidia-smi, the `cuda` tests, then scan, training and
+# `scan`-command speed, printed as a Markdown table for docs/benchmarks.md. At most ~8 minutes: every phase
 # runs under a timeout cut to what is left of the budget, so one hang cannot eat the rest.
 #
 #   bash benchmarks/gpu_check.sh                      # from the repository root (or anywhere)
@@ -123,6 +123,7 @@ run_phase "pytest -m cuda" "${GPU_PYTEST_MAX:-150}" "$PY" -m pytest -q -s -rs -m
     --junitxml="$RESULTS/pytest_cuda.xml" tests/test_cuda.py
 run_phase "scan benchmark" "${GPU_SCAN_MAX:-200}" "$PY" benchmarks/gpu_bench.py scan --results "$RESULTS" "${SMOKE_ARG[@]}"
 run_phase "train benchmark" "${GPU_TRAIN_MAX:-110}" "$PY" benchmarks/gpu_bench.py train --results "$RESULTS" "${SMOKE_ARG[@]}"
+run_phase "cli benchmark" "${GPU_CLI_MAX:-90}" "$PY" benchmarks/gpu_bench.py cli --results "$RESULTS" "${SMOKE_ARG[@]}"
 DEADLINE=$((DEADLINE + 20))  # the table needs seconds, and must run even when the budget is spent
 run_phase "table" 20 "$PY" benchmarks/gpu_bench.py table --results "$RESULTS"
 

@@ -15,11 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,20 +39,9 @@ def main() -> None:
     audio_s = args.files * args.file_seconds
     rows = []
     for workers in [int(w) for w in args.workers.split(",")]:
-        out = args.scratch / f"out_{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-m", "primate_monitor", "-q", "scan", str(paths[0].parent), "-o", str(out),
-               "--model", str(ckpt), "--device", args.device, "--workers", str(workers)]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        t = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-        seconds = time.perf_counter() - t
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far
-        row = {"workers": workers, "exit": done.returncode, "seconds": round(seconds, 2),
-               "x_real_time": round(audio_s / seconds), "peak_rss_mb": round(peak_mb),
-               "peak_is_this_run": peak_mb * 1024 > before}
-        if done.returncode:
-            row["stderr"] = done.stderr[-2000:]
+        row = gpu_bench.cli_scan(paths[0].parent, ckpt, args.scratch / f"out_{workers}", args.device, workers)
+        row |= {"seconds": round(row["seconds"], 2), "x_real_time": round(audio_s / row["seconds"]),
+                "peak_rss_mb": round(row["peak_rss_mb"])}
         rows.append(row)
         print(json.dumps(row), flush=True)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

@@ -24,12 +24,15 @@ def _phase(name: str, results: Path, scratch: Path) -> None:
 
 def test_gpu_bench_phases_run_and_write_their_results(tmp_path):
     results, scratch = tmp_path / "results", tmp_path / "scratch"
-    for name in ("scan", "train", "table"):
+    for name in ("scan", "train", "cli", "table"):
         _phase(name, results, scratch)
     scan = json.loads((results / "scan.json").read_text())
     assert scan["rows"] and all(r["seconds"] > 0 and r["xrt"] > 0 for r in scan["rows"])
     train = json.loads((results / "train.json").read_text())
     assert train["steps_timed"] >= 1 and train["iterations_per_s"] > 0
     assert isinstance(train["last_loss"], float) and train["last_loss"] > 0
+    cli = json.loads((results / "cli.json").read_text())
+    assert cli["fixed_s"] > 0 and [r["workers"] for r in cli["rows"]] == [1, 2]
+    assert all(r["exit"] == 0 and r["seconds"] > 0 and r["peak_rss_mb"] > 100 for r in cli["rows"])
     table = (results / "gpu_table.md").read_text()
-    assert "iterations/s" in table and "real time" in table
+    assert "iterations/s" in table and "real time" in table and "after the fixed cost" in table
