@@ -18,10 +18,11 @@ def mixup(x: torch.Tensor, targets: torch.Tensor, alpha: float, generator: torch
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         lam = beta.sample((batch,))
     perm = torch.randperm(batch, generator=generator)
-    lam, perm = lam.to(x.device), perm.to(x.device)
+    # non_blocking: a blocking copy to a GPU waits for all queued work, which would stall every step
+    lam, perm = lam.to(x.device, non_blocking=True), perm.to(x.device, non_blocking=True)
     lam_x = lam.view(batch, 1, 1, 1)
-    mixed_x = lam_x * x + (1 - lam_x) * x[perm]
-    mixed_t = lam[:, None] * targets + (1 - lam[:, None]) * targets[perm]
+    mixed_x = lam_x * x + (1 - lam_x) * x.index_select(0, perm)
+    mixed_t = lam[:, None] * targets + (1 - lam[:, None]) * targets.index_select(0, perm)
     return mixed_x, mixed_t
 
 
@@ -55,7 +56,7 @@ def specaugment(
     """
     batch, _, frames, mels = x.shape
     n = batch if per_example else 1
-    t_mask = _stripe_mask(n, frames, time_stripes, time_width, generator).to(x.device)
-    f_mask = _stripe_mask(n, mels, freq_stripes, freq_width, generator).to(x.device)
+    t_mask = _stripe_mask(n, frames, time_stripes, time_width, generator).to(x.device, non_blocking=True)
+    f_mask = _stripe_mask(n, mels, freq_stripes, freq_width, generator).to(x.device, non_blocking=True)
     mask = t_mask[:, None, :, None] | f_mask[:, None, None, :]  # (n, 1, frames, mels)
     return x.masked_fill(mask, 0.0)

@@ -35,5 +35,4 @@ class EMA:
         params = [p.detach() for p in model.parameters()]
         torch._foreach_mul_(shadow, decay)
         torch._foreach_add_(shadow, params, alpha=1.0 - decay)
-        for shadow_buf, buf in zip(self.model.buffers(), model.buffers()):
-            shadow_buf.copy_(buf)
+        torch._foreach_copy_(list(self.model.buffers()), list(model.buffers()))

@@ -209,9 +209,13 @@ class Trainer:
         """One optimisation step; returns the loss as a 0-d tensor on the device, so that the
         loop does not wait for the GPU every step (``run`` reads the losses when it logs)."""
         idx = self.sampler.draw(self.config.batch_size)
+        # every copy to the device is non-blocking, and nothing in the step reads a device value:
+        # a blocking copy would make the host wait for the GPU's queued work every step, so the
+        # next batch could not be cut while the GPU computes (tests/test_cuda.py checks this)
         wave = make_batch(self.train_data, idx, self.clip_samples, self.rng, self.config.padding).to(self.device, non_blocking=True)
-        labels = torch.from_numpy(self.train_data.labels[idx]).to(self.device)
-        targets = F.one_hot(labels, len(self.classes)).float()
+        labels_cpu = torch.from_numpy(self.train_data.labels[idx])
+        labels = labels_cpu.to(self.device, non_blocking=True)
+        targets = F.one_hot(labels_cpu, len(self.classes)).float().to(self.device, non_blocking=True)
         self.model.train()
         with autocast(self.device):
             x = self.frontend(wave)

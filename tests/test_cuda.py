@@ -97,3 +97,46 @@ def test_twenty_training_iterations_on_cuda(tmp_path):
     assert all(p.is_cuda for p in trainer.ema.model.parameters())
     results = trainer.validate()  # devel scoring on the GPU, raw and EMA weights
     assert 0.0 <= results["ema"]["uar"] <= 1.0
+
+
+def test_training_steps_never_wait_for_the_gpu(tmp_path):
+    """No recipe step makes the host wait for the GPU (a blocking copy, a device value read on
+    the host): the host must cut the next batch while the GPU computes this one. CUDA's sync
+    debug mode turns any such wait into an error."""
+    from primate_monitor.config import load_config
+    from primate_monitor.train import Trainer
+
+    config = load_config(ROOT / "configs" / "cnn10_16k.yaml",
+                         ["device=cuda", "iterations=5", "ema_start=0", f"cache_dir={tmp_path / 'cache'}"])
+    trainer = Trainer(ROOT / "sample_data" / "clips", tmp_path / "run", config)
+    trainer.train_step()  # the first step allocates the optimiser state and picks cuDNN plans
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [trainer.train_step() for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(loss) for loss in losses)
+
+
+def test_scan_command_on_cuda_batches_recordings_and_matches_the_cpu(tmp_path, monkeypatch):
+    """``scan`` with the model on the GPU runs the batched executor, and its window scores match
+    a CPU fp32 scan's within the tolerance of the scorer tests above."""
+    import pandas as pd
+
+    from primate_monitor import scan_batched
+    from primate_monitor.scan_run import scan
+    from primate_monitor.scanner import ScanConfig
+
+    made, real_init = [], scan_batched.BatchedExecutor.__init__
+    monkeypatch.setattr(scan_batched.BatchedExecutor, "__init__",
+                        lambda self, *a, **k: (made.append(a), real_init(self, *a, **k))[1])
+    config = ScanConfig(hop_seconds=1.0, mode="fast", precision="fp32")
+    scan(RECORDINGS, tmp_path / "gpu", config, None, "cuda", workers=3, save_window_scores=True, progress=False)
+    assert len(made) == 1
+    scan(RECORDINGS, tmp_path / "cpu", config, None, "cpu", save_window_scores=True, progress=False)
+    assert len(made) == 1  # the CPU scan is serial
+    gpu, cpu = (pd.read_parquet(tmp_path / d / "windows.parquet") for d in ("gpu", "cpu"))
+    columns = [c for c in cpu.columns if c.startswith("score_")]
+    assert len(gpu) == len(cpu) > 0
+    assert np.abs(gpu[columns].to_numpy() - cpu[columns].to_numpy()).max() <= MAX_ABS
