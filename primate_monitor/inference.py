@@ -151,20 +151,31 @@ class SampleBuffer:
 
     Samples before 0 are a reflection of the start (as ``center=True`` STFT padding does);
     samples past the end of a finished stream are zeros (a short last window is padded).
+    The blocks are kept as they came, not joined: joining copied every buffered sample again
+    at each append, a fifth of a decoder thread's work on 48 kHz audio (issue 11).
     """
 
     def __init__(self) -> None:
-        self.data = np.zeros(0, dtype=np.float32)
-        self.offset = 0  # absolute index of data[0]
+        self.chunks: list[np.ndarray] = []
+        self.offset = 0  # absolute index of chunks[0][0]
+        self.length = 0  # samples held
         self.head = np.zeros(0, dtype=np.float32)  # first samples, kept for the reflection
         self.finished = False
 
     @property
     def end(self) -> int:
-        return self.offset + len(self.data)
+        return self.offset + self.length
+
+    @property
+    def data(self) -> np.ndarray:
+        """The samples held, joined into one array (a copy)."""
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
 
     def append(self, block: np.ndarray) -> None:
-        self.data = np.concatenate([self.data, block.astype(np.float32, copy=False)])
+        if not len(block):
+            return
+        self.chunks.append(block.astype(np.float32, copy=False))
+        self.length += len(block)
         if len(self.head) < 1025 and self.offset == 0:
             self.head = self.data[:1025].copy()
 
@@ -174,16 +185,28 @@ class SampleBuffer:
         if start < 0:
             n = min(-start, len(self.head) - 1)
             out[-start - n : -start] = self.head[1 : n + 1][::-1]
-        a, b = max(start, self.offset), min(stop, self.end)
-        if b > a:
-            out[a - start : b - start] = self.data[a - self.offset : b - self.offset]
+        at = self.offset  # absolute index of the chunk's first sample
+        for chunk in self.chunks:
+            a, b = max(start, at), min(stop, at + len(chunk))
+            if b > a:
+                out[a - start : b - start] = chunk[a - at : b - at]
+            at += len(chunk)
+            if at >= stop:
+                break
         return out
 
     def drop_before(self, index: int) -> None:
-        cut = min(max(0, index - self.offset), len(self.data))
-        if cut:
-            self.data = self.data[cut:]
-            self.offset += cut
+        cut = min(max(0, index - self.offset), self.length)
+        self.offset += cut
+        self.length -= cut
+        while cut:
+            first = self.chunks[0]
+            if len(first) <= cut:
+                self.chunks.pop(0)
+                cut -= len(first)
+            else:
+                self.chunks[0] = first[cut:]  # a view: the block is freed once wholly dropped
+                cut = 0
 
 
 @dataclass
@@ -294,10 +317,8 @@ class StreamScorer:
 
     def ready_windows(self, next_index: int, buf: SampleBuffer) -> int:
         """How many windows from ``next_index`` can be scored with the samples buffered."""
-        n = 0
-        while n < self.group and self.needed_end(next_index, n + 1) <= buf.end:
-            n += 1
-        return n if n == self.group else 0
+        # a full group or nothing; needed_end grows with the count, so the last window decides
+        return self.group if self.needed_end(next_index, self.group) <= buf.end else 0
 
     def needed_end(self, first: int, count: int) -> int:
         return (first + count - 1) * self.hop + self.window
@@ -360,8 +381,12 @@ class ExactScorer(StreamScorer):
     """Each window through front end and network on its own, in batches of ``batch_size``."""
 
     def cut(self, starts: np.ndarray, buf: SampleBuffer) -> Job:
-        # windows never start before 0, so get() only zero-pads a final short window
-        return Job(np.asarray(starts, dtype=np.int64), np.stack([buf.get(int(s), int(s) + self.window) for s in starts]))
+        # windows never start before 0, so get() only zero-pads a final short window; one read of
+        # the stretch the windows cover, then each window gathered from a strided view of it
+        starts = np.asarray(starts, dtype=np.int64)
+        first = int(starts[0])
+        stretch = buf.get(first, int(starts[-1]) + self.window)
+        return Job(starts, np.lib.stride_tricks.sliding_window_view(stretch, self.window)[starts - first])
 
     def score_group(self, jobs: list[Job]) -> torch.Tensor:
         return self.score_windows(jobs)
