@@ -11,8 +11,8 @@ on a CPU resumes on a GPU and the other way round.
 Asked for on a CPU (``ScanRun(batch_recordings=True)``), it batches the same way; that only
 costs memory there, and serves to test it without a GPU.
 
-Pieces of long recordings (``--piece-hours``) are scored one after the other, as in the serial
-executor.
+Pieces of a long recording (``--piece-hours``) are streams like any other, each read by its own
+decoder thread: one 24-hour file split into pieces is decoded by ``workers`` threads at once.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from .audio import AudioReadError
+import numpy as np
+
+from .audio import AudioReadError, stream_audio
 from .checkpoint import LoadedModel
 from .inference import SPANS_PER_CALL_CUDA
-from .scan_execute import RecordingResult, TaskResult, Task, recording_record, result_from_scores, score_piece
-from .scanner import ScanConfig, score_recordings
+from .scan_execute import (RecordingResult, Task, TaskResult, piece_blocks, piece_scores, recording_record,
+                           result_from_scores)
+from .scanner import ScanConfig, counted, score_recordings
 
 
 class BatchedExecutor:
@@ -37,30 +40,35 @@ class BatchedExecutor:
         self.workers, self.save_windows, self.spans_per_call = workers, save_windows, spans_per_call
 
     def run(self, tasks: Sequence[Task], progress: Callable[[float], None]) -> Iterator[TaskResult]:
-        sr = self.model.info.sample_rate
-        for task in tasks:
-            if task.piece is not None:
-                result = score_piece(task.rec, task.piece, self.model, self.config)
-                progress(result.owned_seconds(sr))
-                yield result
-        whole = [t for t in tasks if t.piece is None]
-        if not whole:
+        if not tasks:
             return
+        sr = self.model.info.sample_rate
         # before any file is read: a file that grows during the scan is seen as changed next time
-        fingerprints = [t.rec.fingerprint() for t in whole]
-        lock = threading.Lock()  # the decoder threads report their blocks
+        fingerprints = [t.rec.fingerprint() for t in tasks]
+        lock = threading.Lock()  # the decoder threads report their blocks, this thread its pieces
 
-        def on_block(n: int) -> None:
+        def report(n: int) -> None:  # n model samples scanned
             with lock:
                 progress(n / sr)
 
+        def source(task: Task) -> Iterator[np.ndarray]:
+            """Lazy blocks, read in a decoder thread: a whole recording, counted block by block for
+            the progress bar, or a piece's span with its context (it reports what it owns when done)."""
+            if task.piece is not None:
+                return piece_blocks(task.rec, task.piece, self.model, self.config)
+            return counted(stream_audio(task.rec.path, sr, self.config.channel, self.config.block_seconds), report)
+
+        results = score_recordings([t.rec.path for t in tasks], self.model, self.config, self.workers,
+                                   spans_per_call=self.spans_per_call, blocks=[source(t) for t in tasks])
         last = time.perf_counter()
-        results = score_recordings([t.rec.path for t in whole], self.model, self.config, self.workers, on_block,
-                                   self.spans_per_call)
-        for task, fingerprint, (_, scores) in zip(whole, fingerprints, results):
+        for task, fingerprint, (_, scores) in zip(tasks, fingerprints, results):
             now = time.perf_counter()
-            seconds, last = now - last, now  # the wall time since the previous recording finished
-            if isinstance(scores, AudioReadError):
+            seconds, last = now - last, now  # the wall time since the previous task finished
+            if task.piece is not None:
+                result = piece_scores(task.rec, task.piece, scores, self.model, self.config, seconds, fingerprint)
+                report(round(result.owned_seconds(sr) * sr))
+                yield result
+            elif isinstance(scores, AudioReadError):
                 record = recording_record(task.rec, None, scores, 0, seconds, fingerprint)
                 yield RecordingResult(task.rec, record, None, None)
             else:

@@ -313,29 +313,43 @@ def read_span(path: Path, sample_rate: int, channel: int | None, block_seconds: 
                 return
 
 
+def piece_blocks(rec: Recording, piece: Piece, model: LoadedModel, config: ScanConfig) -> Iterator[np.ndarray]:
+    """The model-rate blocks ``piece`` reads (its windows' audio and the context they need); lazy."""
+    return read_span(rec.path, model.info.sample_rate, config.channel, config.block_seconds, piece.read_from,
+                     piece.read_to)
+
+
 def score_piece(rec: Recording, piece: Piece, model: LoadedModel, config: ScanConfig) -> PieceScores:
     """Scores of the windows ``piece`` owns, in global sample positions; writes nothing."""
     started = time.perf_counter()
+    fingerprint = rec.fingerprint()
+    try:
+        scores: RecordingScores | AudioReadError = score_recording(rec.path, model, config,
+                                                                   piece_blocks(rec, piece, model, config))
+    except AudioReadError as e:
+        scores = e
+    return piece_scores(rec, piece, scores, model, config, time.perf_counter() - started, fingerprint)
+
+
+def piece_scores(rec: Recording, piece: Piece, scores: RecordingScores | AudioReadError, model: LoadedModel,
+                 config: ScanConfig, seconds: float, fingerprint: dict[str, int] | None) -> PieceScores:
+    """What ``piece`` owns of the scores of its blocks (or the error reading them raised)."""
     sr = model.info.sample_rate
     hop = config.hop_samples(sr)
-    fingerprint = rec.fingerprint()
-    classes = len(model.info.classes)
-    empty = (np.zeros(0, dtype=np.int64), np.zeros((0, classes), dtype=np.float32))
-    blocks = read_span(rec.path, sr, config.channel, config.block_seconds, piece.read_from, piece.read_to)
-    try:
-        scores = score_recording(rec.path, model, config, blocks)
-    except AudioReadError as e:
-        if piece.index > 0 and e.kind == "no_samples":  # past the end the header promised: nothing to own
-            return PieceScores(rec, piece, *empty, piece.read_from, time.perf_counter() - started, fingerprint, hop=hop)
-        return PieceScores(rec, piece, *empty, piece.read_from, time.perf_counter() - started, fingerprint,
-                           error=(e.kind, str(e)), hop=hop)
+    if isinstance(scores, AudioReadError):
+        classes = len(model.info.classes)
+        empty = (np.zeros(0, dtype=np.int64), np.zeros((0, classes), dtype=np.float32))
+        if piece.index > 0 and scores.kind == "no_samples":  # past the end the header promised: nothing to own
+            return PieceScores(rec, piece, *empty, piece.read_from, seconds, fingerprint, hop=hop)
+        return PieceScores(rec, piece, *empty, piece.read_from, seconds, fingerprint,
+                           error=(scores.kind, str(scores)), hop=hop)
     rel = np.rint(scores.starts_s * sr).astype(np.int64)  # starts_s = int samples / sr: exact round trip
     keep = rel + piece.read_from >= piece.first * hop
     if piece.stop is not None:
         keep &= rel + piece.read_from < piece.stop * hop
     error = (scores.error.kind, str(scores.error)) if scores.error is not None else None
     return PieceScores(rec, piece, rel[keep] + piece.read_from, scores.scores[keep],
-                       piece.read_from + round(scores.duration_s * sr), time.perf_counter() - started, fingerprint,
+                       piece.read_from + round(scores.duration_s * sr), seconds, fingerprint,
                        scores.info, scores.start, error, hop)
 
 

@@ -149,7 +149,9 @@ def score_recording(path: str | Path, model: LoadedModel, config: ScanConfig,
 
 def score_recordings(paths: Sequence[str | Path], model: LoadedModel, config: ScanConfig, workers: int = 1,
                      on_block: Callable[[int], None] | None = None,
-                     spans_per_call: int | None = None) -> Iterator[tuple[Path, RecordingScores | AudioReadError]]:
+                     spans_per_call: int | None = None,
+                     blocks: Sequence[Iterable[np.ndarray] | None] | None = None,
+                     ) -> Iterator[tuple[Path, RecordingScores | AudioReadError]]:
     """Score many recordings, ``workers`` decoded at a time, their spans batched together.
 
     Why: on a GPU one decoder cannot keep the device busy, so ``workers`` threads decode and
@@ -157,9 +159,15 @@ def score_recordings(paths: Sequence[str | Path], model: LoadedModel, config: Sc
     (``inference.score_streams``). The scores equal ``score_recording``'s up to float rounding.
     Yields ``(path, RecordingScores)`` in the order of ``paths``, or ``(path, AudioReadError)``
     for a file that could not be read at all. ``on_block`` is called from the decoder threads.
+    ``blocks``, beside ``paths``, may give a stream's blocks instead of decoding its whole file
+    (a lazy iterable, such as a piece of a long recording, ``scan_execute.read_span``); it is
+    iterated in a decoder thread.
     """
     config = resolve_precision(model, config)
-    streams = [_TrackedStream(Path(p), model, config, None, on_block) for p in paths]
+    sources = blocks if blocks is not None else [None] * len(paths)
+    if len(sources) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(sources)} block sources")
+    streams = [_TrackedStream(Path(p), model, config, b, on_block) for p, b in zip(paths, sources)]
     hop = config.hop_samples(model.info.sample_rate)
     scorer = make_scorer(model, hop, config.batch_size, config.mode, spans_per_call, config.precision)
     for i, result in score_streams(scorer, [s.blocks for s in streams], workers):
