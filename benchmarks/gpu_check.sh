@@ -123,7 +123,7 @@ run_phase "pytest -m cuda" "${GPU_PYTEST_MAX:-150}" "$PY" -m pytest -q -s -rs -m
     --junitxml="$RESULTS/pytest_cuda.xml" tests/test_cuda.py
 run_phase "scan benchmark" "${GPU_SCAN_MAX:-200}" "$PY" benchmarks/gpu_bench.py scan --results "$RESULTS" "${SMOKE_ARG[@]}"
 run_phase "train benchmark" "${GPU_TRAIN_MAX:-110}" "$PY" benchmarks/gpu_bench.py train --results "$RESULTS" "${SMOKE_ARG[@]}"
-run_phase "cli benchmark" "${GPU_CLI_MAX:-90}" "$PY" benchmarks/gpu_bench.py cli --results "$RESULTS" "${SMOKE_ARG[@]}"
+run_phase "cli benchmark" "${GPU_CLI_MAX:-120}" "$PY" benchmarks/gpu_bench.py cli --results "$RESULTS" "${SMOKE_ARG[@]}"
 DEADLINE=$((DEADLINE + 20))  # the table needs seconds, and must run even when the budget is spent
 run_phase "table" 20 "$PY" benchmarks/gpu_bench.py table --results "$RESULTS"
 

@@ -229,7 +229,8 @@ def event_options(fn):
 @click.option("--cluster", default=None, metavar="local:N|tcp://HOST:PORT|slurm:N",
               help="Dask cluster: N local worker processes, a running scheduler, or N dask-jobqueue jobs.")
 @click.option("--piece-hours", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Cut longer recordings into pieces of about this many hours, scored by separate workers.")
+              help="Cut longer recordings into pieces of about this many hours, scored by separate workers "
+                   "(default on a GPU with --workers above 1: 1 hour, so several threads decode one long file).")
 @click.option("--torch-threads", type=click.IntRange(min=1), default=None,
               help="Torch threads per worker process (default 1 for processes and local:N).")
 @click.option("--save-window-scores", is_flag=True, help="Also write windows.parquet (for `detect`).")

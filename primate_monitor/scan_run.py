@@ -54,6 +54,9 @@ def model_record(model: LoadedModel) -> dict[str, Any]:
             "high_freq_hz": float(info.frontend.upper_hz)}
 
 
+BATCHED_PIECE_SECONDS = 3600.0  # pieces of long recordings on a GPU, so that several decoders read one file
+
+
 class ScanRun:
     """One invocation of ``scan``: plan, resume check, the executor over what is left, the
     client-side commit of each finished recording, then the run-level outputs.
@@ -63,7 +66,9 @@ class ScanRun:
     ``slurm:N``, or a connected ``distributed.Client``; a cluster implies dask).
     ``piece_seconds`` cuts recordings longer than that into pieces scored apart (None: whole).
     ``batch_recordings`` (None: when the model is on a GPU) makes the serial executor score
-    spans from ``workers`` recordings in each network call (``scan_batched.BatchedExecutor``).
+    spans from ``workers`` recordings in each network call (``scan_batched.BatchedExecutor``);
+    with more than one worker it then cuts recordings longer than BATCHED_PIECE_SECONDS into
+    pieces unless ``piece_seconds`` says otherwise.
     None of these change the results, so they are not run parameters: the same scan rerun
     with another executor or cluster resumes."""
 
@@ -92,9 +97,14 @@ class ScanRun:
         self.out, self.config, self.model = Path(out), config, model
         self.workers, self.save_windows = workers, save_window_scores
         self.executor, self.cluster = executor, cluster
-        self.piece_seconds, self.torch_threads = piece_seconds, torch_threads
+        self.torch_threads = torch_threads
         # the serial executor on a GPU batches spans from ``workers`` recordings into each call
         self.batch_recordings = model.device.type == "cuda" if batch_recordings is None else batch_recordings
+        if piece_seconds is None and self.batch_recordings and executor == "serial" and workers > 1:
+            # one long recording would feed the GPU from a single decoder thread: cut it into
+            # pieces that the workers decode side by side (the outputs do not change)
+            piece_seconds = BATCHED_PIECE_SECONDS
+        self.piece_seconds = piece_seconds
         self.inputs = [printable_path(p) for p in paths]
         self.plan = plan_recordings(list(paths))
         self.recordings = self.plan.recordings

@@ -274,6 +274,21 @@ def test_batched_split_recordings_equal_unsplit(tiny_checkpoint, tmp_path):
                                   check_exact=False, atol=1e-5)
 
 
+def test_gpu_executor_cuts_long_recordings_unless_told(corpus, tiny_model, tmp_path):
+    """Batched with several decoders, recordings over an hour are cut into pieces by default (one
+    long file would otherwise have one decoder); an explicit --piece-hours, one worker, or the
+    plain serial executor keep the choice as given."""
+    from primate_monitor.scan_run import BATCHED_PIECE_SECONDS
+
+    def pieces(**kw) -> float | None:
+        return ScanRun([corpus], tmp_path / "x", CONFIG, tiny_model, **kw).piece_seconds
+
+    assert pieces(workers=4, batch_recordings=True) == BATCHED_PIECE_SECONDS
+    assert pieces(workers=4, batch_recordings=True, piece_seconds=600.0) == 600.0
+    assert pieces(workers=1, batch_recordings=True) is None
+    assert pieces(workers=4) is None  # on the CPU: serial, not batched
+
+
 def test_split_on_the_cluster_equals_unsplit(tiny_checkpoint, client, tmp_path, monkeypatch):
     """--piece-hours on Dask: the pieces of one recording run on both workers, are merged by the
     client, and the outputs equal the unsplit serial scan byte for byte (no resampling here)."""
