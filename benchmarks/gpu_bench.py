@@ -291,29 +291,25 @@ def cli_phase(args: argparse.Namespace) -> None:
     fixed = cli_scan(one, checkpoint, scratch / "cli_out_short", device, 1)
     report["fixed_s"] = fixed["seconds"]
     log(f"fixed cost (one 3 s file): {fixed['seconds']:.2f} s, exit {fixed['exit']}")
-    audio_s = n_files * seconds
-    for workers in sweep:
-        row = cli_scan(paths[0].parent, checkpoint, scratch / f"cli_out_{workers}", device, workers)
+
+    def measure(label: str, folder: Path, audio_s: float, workers: int, out: str) -> None:
+        row = {"input": label} | cli_scan(folder, checkpoint, scratch / out, device, workers)
         row |= {"audio_s": audio_s, "xrt": audio_s / row["seconds"],
                 "xrt_after_fixed": audio_s / max(row["seconds"] - fixed["seconds"], 1e-9)}
         report["rows"].append(row)
         save(Path(args.results), "cli.json", report)
-        log(f"CLI, {workers} workers: {row['seconds']:.2f} s -> {row['xrt']:.0f}x real time "
+        log(f"CLI, {label}, {workers} workers: {row['seconds']:.2f} s -> {row['xrt']:.0f}x real time "
             f"({row['xrt_after_fixed']:.0f}x after the fixed cost), peak RSS {row['peak_rss_mb']:.0f} MB, exit {row['exit']}")
         if row["exit"]:
             raise SystemExit(f"scan failed:\n{row.get('stderr', '')}")
+
+    for workers in sweep:
+        measure(f"{n_files} files", paths[0].parent, n_files * seconds, workers, f"cli_out_{workers}")
     # one long recording: on a GPU with several workers the scan cuts it into 1-hour pieces
     # (scan_run.BATCHED_PIECE_SECONDS) that the workers decode side by side
     long_s = 60.0 if small else 4 * 3600.0
     long = make_files(scratch / "long48k", 1, long_s)
-    workers = max(sweep)
-    row = cli_scan(long[0].parent, checkpoint, scratch / "cli_out_long", device, workers)
-    row |= {"input": f"one {long_s / 3600:g} h file", "audio_s": long_s, "xrt": long_s / row["seconds"],
-            "xrt_after_fixed": long_s / max(row["seconds"] - fixed["seconds"], 1e-9)}
-    report["rows"].append(row)
-    save(Path(args.results), "cli.json", report)
-    log(f"CLI, one {long_s / 3600:g} h file, {workers} workers: {row['seconds']:.2f} s -> {row['xrt']:.0f}x real time "
-        f"({row['xrt_after_fixed']:.0f}x after the fixed cost), exit {row['exit']}")
+    measure(f"one {long_s / 3600:g} h file", long[0].parent, long_s, max(sweep), "cli_out_long")
     if fixed["exit"]:
         raise SystemExit(f"the one-file scan failed:\n{fixed.get('stderr', '')}")
 
@@ -407,7 +403,7 @@ def table_phase(args: argparse.Namespace) -> None:
                   "| input | decode workers | seconds | × real time | × real time after the fixed cost | peak RSS (MB) |",
                   "|---|---|---|---|---|---|"]
         for r in cli["rows"]:
-            lines.append(f"| {r.get('input', 'the same files')} | {r['workers']} | {r['seconds']:.2f} | **{r['xrt']:,.0f}** | {r['xrt_after_fixed']:,.0f} | "
+            lines.append(f"| {r['input']} | {r['workers']} | {r['seconds']:.2f} | **{r['xrt']:,.0f}** | {r['xrt_after_fixed']:,.0f} | "
                          f"{r['peak_rss_mb']:,.0f}{'' if r['peak_is_this_run'] else ' (≤: an earlier run set the peak)'} |")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -198,19 +198,25 @@ def test_stale_staged_parts_are_removed_and_foreign_files_kept(corpus, tiny_chec
     assert mine.read_bytes() == b"x"
 
 
-def test_executor_is_not_a_run_parameter(corpus, tiny_checkpoint, client, serial_out, tmp_path, monkeypatch):
-    """A serial scan interrupted after 3 commits resumes on the Dask cluster (same parameters),
-    scans only the rest, and ends equal to the uninterrupted scan."""
-    out = tmp_path / "resumed"
+def interrupt_after(commits: int, monkeypatch) -> None:
+    """Make ScanRun.commit raise KeyboardInterrupt (a user's Ctrl-C) once ``commits`` recordings
+    are committed; ``monkeypatch.undo()`` lifts it."""
     real_commit, committed = ScanRun.commit, []
 
     def interrupted(self, result):
-        if len(committed) == 3:
+        if len(committed) == commits:
             raise KeyboardInterrupt
         committed.append(result.rec.rel)
         real_commit(self, result)
 
     monkeypatch.setattr(ScanRun, "commit", interrupted)
+
+
+def test_executor_is_not_a_run_parameter(corpus, tiny_checkpoint, client, serial_out, tmp_path, monkeypatch):
+    """A serial scan interrupted after 3 commits resumes on the Dask cluster (same parameters),
+    scans only the rest, and ends equal to the uninterrupted scan."""
+    out = tmp_path / "resumed"
+    interrupt_after(3, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False)
     monkeypatch.undo()
@@ -247,6 +253,26 @@ def test_split_recording_equals_unsplit(tiny_model, tmp_path):
         pd.testing.assert_frame_equal(split.events, whole.events, check_exact=True)
         assert {k: v for k, v in split.record.items() if k != "scan_seconds"} == \
             {k: v for k, v in whole.record.items() if k != "scan_seconds"}
+
+
+def test_batched_scan_interrupted_resumes_serially(corpus, tiny_checkpoint, serial_out, tmp_path, monkeypatch):
+    """A batched scan stopped after 3 commits, its decoder threads still busy, stops at once and
+    keeps those 3; the same scan resumed by the serial executor scans only the rest and ends
+    as the serial scan (scores within float rounding, events and tables equal)."""
+    out = tmp_path / "batched-resumed"
+    interrupt_after(3, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", workers=3, save_window_scores=True, progress=False,
+             batch_recordings=True)
+    monkeypatch.undo()
+    state = ScanState(out)
+    assert len(state.keys()) == 3
+    done = sum(state.record(k)["status"] != "failed" for k in state.keys())  # failed files are tried again
+    summary = scan([corpus], out, CONFIG, tiny_checkpoint, "cpu", save_window_scores=True, progress=False)
+    assert summary.skipped_done == done
+    ours, theirs = outputs(out), outputs(serial_out)
+    assert ours[1:] == theirs[1:]
+    pd.testing.assert_frame_equal(ours[0], theirs[0], check_exact=False, atol=1e-5)
 
 
 def test_batched_split_recordings_equal_unsplit(tiny_checkpoint, tmp_path):
