@@ -13,7 +13,8 @@ Timed from the first read to the last event table, decoding and resampling inclu
 (files were just written, so they are in the page cache), hop 1 s, fast mode, for 1, 2, 4,
 8 (and 16) decode workers; then four times the files (hard links) with the most workers, the
 steady state; then the same audio already decoded in memory, to show what the network side
-alone reaches, with 4, 16 (the default) and 64 spans per network call. train: the recipe step (front end, SpecAugment, MixUp, bf16
+alone reaches, with 4, 16 (the default) and 64 spans per network call; then that pass once more
+under torch.profiler (profile_scan.txt; training: profile_train.txt, 20 steps). train: the recipe step (front end, SpecAugment, MixUp, bf16
 forward/backward, AMSGrad, EMA) for CNN10-16k at batch 32 on the sample clips, and one
 validation pass, projected to the recipe's 60,000 iterations with 60 validations. cli: the
 installed `primate-monitor scan` command (a child process) on the scan phase's audio, with 4 and
@@ -181,6 +182,35 @@ def timed_in_memory(blocks: list[list[np.ndarray]], model, hop: int, mode: str, 
             "spans_per_call": scorer.spans_per_call}
 
 
+def profiled(results: Path, name: str, work) -> None:
+    """Run ``work()`` under torch.profiler and write the ops that took the most time (device time
+    first where there is a GPU, then host time) to ``results/name``. Never fails the phase: the
+    profile is a help for the next change, not a measurement the check depends on."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with profile(activities=activities) as prof:
+            work()
+            sync()
+        averages = prof.key_averages()
+        tables = []
+        keys = ["self_device_time_total", "self_cuda_time_total"] if torch.cuda.is_available() else []
+        for key in keys + ["self_cpu_time_total"]:
+            try:
+                tables.append(f"sorted by {key}:\n" + averages.table(sort_by=key, row_limit=30))
+            except Exception:  # noqa: BLE001 - the key's name changed between torch versions
+                continue
+            if key != "self_cpu_time_total":
+                keys = []  # one device table is enough
+        results.mkdir(parents=True, exist_ok=True)
+        (results / name).write_text("\n\n".join(tables) + "\n")
+        log(f"profile written to {results / name}")
+    except Exception as e:  # noqa: BLE001
+        log(f"profiling failed ({type(e).__name__}: {e}); the measurements above stand")
+
+
 def scan_phase(args: argparse.Namespace) -> None:
     import torch
 
@@ -242,6 +272,8 @@ def scan_phase(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         report["facts"]["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         save(Path(args.results), "scan.json", report)
+    # where the network side's time goes: the in-memory fast pass once more, under the profiler
+    profiled(Path(args.results), "profile_scan.txt", lambda: timed_in_memory(blocks, model, 16000, "fast"))
 
 
 # ---- the CLI -----------------------------------------------------------------------------
@@ -339,6 +371,7 @@ def train_phase(args: argparse.Namespace) -> None:
             steps += 1
         sync()
         rate = steps / (time.perf_counter() - t0)
+        profiled(Path(args.results), "profile_train.txt", lambda: [trainer.train_step() for _ in range(20 if cuda else 2)])
         t = time.perf_counter()
         trainer.validate()
         sync()

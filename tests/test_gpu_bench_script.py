@@ -34,5 +34,7 @@ def test_gpu_bench_phases_run_and_write_their_results(tmp_path):
     cli = json.loads((results / "cli.json").read_text())
     assert cli["fixed_s"] > 0 and [r["workers"] for r in cli["rows"]] == [1, 2, 2]  # the last: one long file
     assert all(r["exit"] == 0 and r["seconds"] > 0 and r["peak_rss_mb"] > 100 for r in cli["rows"])
+    for name in ("profile_scan.txt", "profile_train.txt"):  # where the time went, for the next change
+        assert "aten::" in (results / name).read_text()
     table = (results / "gpu_table.md").read_text()
     assert "iterations/s" in table and "real time" in table and "after the fixed cost" in table
