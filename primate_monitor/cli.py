@@ -221,8 +221,9 @@ def event_options(fn):
                    "needs the checkpoint's calibration (`primate-monitor quantize`; the bundled model has one). "
                    "auto: int8 on the CPU when that calibration's own check found int8 deciding as fp32 does, "
                    "else fp32 (run.json records which ran).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Threads decoding upcoming files (serial), or worker processes (processes).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Threads decoding upcoming files (serial), or worker processes (processes). "
+                   "Default 1; on a GPU, 16 decoder threads (at most one per CPU core).")
 @click.option("--executor", type=click.Choice(["serial", "processes", "dask"]), default=None,
               help="Where recordings are scanned: this process (serial, the default), --workers local processes, "
                    "or a Dask cluster (dask: --cluster, default local:WORKERS). Never changes the results.")
@@ -230,7 +231,7 @@ def event_options(fn):
               help="Dask cluster: N local worker processes, a running scheduler, or N dask-jobqueue jobs.")
 @click.option("--piece-hours", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Cut longer recordings into pieces of about this many hours, scored by separate workers "
-                   "(default on a GPU with --workers above 1: 1 hour, so several threads decode one long file).")
+                   "(default on a GPU, unless --workers 1: 1 hour, so several threads decode one long file).")
 @click.option("--torch-threads", type=click.IntRange(min=1), default=None,
               help="Torch threads per worker process (default 1 for processes and local:N).")
 @click.option("--save-window-scores", is_flag=True, help="Also write windows.parquet (for `detect`).")
@@ -239,7 +240,7 @@ def event_options(fn):
 @click.pass_obj
 def scan(obj: dict, paths: tuple[Path, ...], out: Path, model_path: Path | None, hop_seconds: float,
          thresholds: tuple[str, ...], thresholds_file: Path | None, classes: str | None, min_windows: int, max_gap: float, mode: str,
-         channel: int | None, device: str, batch_size: int, precision: str, workers: int, executor: str | None,
+         channel: int | None, device: str, batch_size: int, precision: str, workers: int | None, executor: str | None,
          cluster: str | None, piece_hours: float | None, torch_threads: int | None, save_window_scores: bool, plots: bool,
          overwrite: bool) -> None:
     """Scan recordings (files or folders, recursively) for primate calls.

@@ -55,6 +55,7 @@ def model_record(model: LoadedModel) -> dict[str, Any]:
 
 
 BATCHED_PIECE_SECONDS = 3600.0  # pieces of long recordings on a GPU, so that several decoders read one file
+GPU_DECODERS = 16  # decoder threads on a GPU when --workers is not given: the best of 1-16 on an H200
 
 
 class ScanRun:
@@ -65,6 +66,7 @@ class ScanRun:
     (``workers`` local processes) or ``dask`` (``cluster``: ``local:N``, ``tcp://host:port``,
     ``slurm:N``, or a connected ``distributed.Client``; a cluster implies dask).
     ``piece_seconds`` cuts recordings longer than that into pieces scored apart (None: whole).
+    ``workers`` None: 1, or for the batched executor GPU_DECODERS (at most the CPU count).
     ``batch_recordings`` (None: when the model is on a GPU) makes the serial executor score
     spans from ``workers`` recordings in each network call (``scan_batched.BatchedExecutor``);
     with more than one worker it then cuts recordings longer than BATCHED_PIECE_SECONDS into
@@ -73,14 +75,18 @@ class ScanRun:
     with another executor or cluster resumes."""
 
     def __init__(self, paths: list[str | Path], out: str | Path, config: ScanConfig, model: LoadedModel,
-                 workers: int = 1, save_window_scores: bool = False, executor: str | None = None,
+                 workers: int | None = 1, save_window_scores: bool = False, executor: str | None = None,
                  cluster: Any = None, piece_seconds: float | None = None, torch_threads: int | None = None,
                  batch_recordings: bool | None = None) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
         executor = executor or ("dask" if cluster is not None else "serial")
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+        # the serial executor on a GPU batches spans from ``workers`` recordings into each call
+        self.batch_recordings = model.device.type == "cuda" if batch_recordings is None else batch_recordings
+        if workers is None:  # one decoder cannot feed a GPU (docs/benchmarks.md, "GPU")
+            workers = min(GPU_DECODERS, os.cpu_count() or 1) if self.batch_recordings and executor == "serial" else 1
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         if cluster is not None and executor != "dask":
             raise ValueError(f"a cluster runs the dask executor, not {executor!r}")
         if executor == "dask" and cluster is None:
@@ -98,8 +104,6 @@ class ScanRun:
         self.workers, self.save_windows = workers, save_window_scores
         self.executor, self.cluster = executor, cluster
         self.torch_threads = torch_threads
-        # the serial executor on a GPU batches spans from ``workers`` recordings into each call
-        self.batch_recordings = model.device.type == "cuda" if batch_recordings is None else batch_recordings
         if piece_seconds is None and self.batch_recordings and executor == "serial" and workers > 1:
             # one long recording would feed the GPU from a single decoder thread: cut it into
             # pieces that the workers decode side by side (the outputs do not change)
@@ -343,7 +347,7 @@ def find_recording(events: pd.DataFrame, scan_dir: str | Path, recording: str | 
 
 
 def scan(paths: list[str | Path], out: str | Path, config: ScanConfig | None = None,
-         model: LoadedModel | str | Path | None = None, device: str = "auto", workers: int = 1,
+         model: LoadedModel | str | Path | None = None, device: str = "auto", workers: int | None = 1,
          save_window_scores: bool = False, overwrite: bool = False, progress: bool = True,
          executor: str | None = None, cluster: Any = None, piece_seconds: float | None = None,
          torch_threads: int | None = None, batch_recordings: bool | None = None) -> ScanSummary:

@@ -315,6 +315,21 @@ def test_gpu_executor_cuts_long_recordings_unless_told(corpus, tiny_model, tmp_p
     assert pieces(workers=4) is None  # on the CPU: serial, not batched
 
 
+def test_workers_default_to_several_decoders_only_when_batched(corpus, tiny_model, tmp_path):
+    """--workers not given: 1 on the CPU and for the process executor; on a GPU (batched)
+    GPU_DECODERS threads, at most one per CPU core, and long files are then cut into pieces."""
+    from primate_monitor.scan_run import BATCHED_PIECE_SECONDS, GPU_DECODERS
+
+    def run(**kw) -> ScanRun:
+        return ScanRun([corpus], tmp_path / "x", CONFIG, tiny_model, workers=None, **kw)
+
+    assert run().workers == 1 and run().piece_seconds is None
+    batched = run(batch_recordings=True)
+    assert batched.workers == min(GPU_DECODERS, os.cpu_count() or 1)
+    assert batched.piece_seconds == (BATCHED_PIECE_SECONDS if batched.workers > 1 else None)
+    assert run(batch_recordings=True, executor="processes").workers == 1
+
+
 def test_split_on_the_cluster_equals_unsplit(tiny_checkpoint, client, tmp_path, monkeypatch):
     """--piece-hours on Dask: the pieces of one recording run on both workers, are merged by the
     client, and the outputs equal the unsplit serial scan byte for byte (no resampling here)."""
