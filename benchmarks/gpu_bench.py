@@ -164,14 +164,16 @@ def decode_all(paths: list[Path], rate: int, block_seconds: float) -> list[list[
     return out
 
 
-def timed_in_memory(blocks: list[list[np.ndarray]], model, hop: int, mode: str, spans_per_call: int | None = None) -> dict:
-    """The network side alone: already decoded 16 kHz audio through score_streams."""
+def timed_in_memory(blocks: list[list[np.ndarray]], model, hop: int, mode: str, spans_per_call: int | None = None,
+                    feeders: int = 2) -> dict:
+    """The network side alone: already decoded 16 kHz audio through score_streams, ``feeders``
+    threads cutting the streams into jobs."""
     from primate_monitor.inference import make_scorer, score_streams
 
     scorer = make_scorer(model, hop, 32, mode, spans_per_call)
     windows = 0
     t0 = time.perf_counter()
-    for _, result in score_streams(scorer, [(lambda b=b: iter(b)) for b in blocks], workers=2):
+    for _, result in score_streams(scorer, [(lambda b=b: iter(b)) for b in blocks], workers=feeders):
         if isinstance(result, BaseException):
             raise result
         windows += len(result.starts)
@@ -263,12 +265,13 @@ def scan_phase(args: argparse.Namespace) -> None:
         report["rows"].append(row)
         save(Path(args.results), "scan.json", report)
         log(f"in memory, {mode}: {row['seconds']:.2f} s -> {row['xrt']:.0f}x real time")
-    for spans in (4, 64) if device.type == "cuda" else ():  # is SPANS_PER_CALL_CUDA (16) the right size?
-        row = {"input": f"16 kHz audio in memory, no decoding, fast mode, {spans} spans per call", "workers": 0} | \
-            timed_in_memory(blocks, model, 16000, "fast", spans)
+    # is SPANS_PER_CALL_CUDA (16) the right size; do the 2 feeder threads' job cutting limit the above?
+    for spans, feeders in ((4, 2), (64, 2), (16, len(blocks))) if device.type == "cuda" else ():
+        row = {"input": f"16 kHz audio in memory, no decoding, fast mode, {spans} spans per call, {feeders} feeders",
+               "workers": 0} | timed_in_memory(blocks, model, 16000, "fast", spans, feeders)
         report["rows"].append(row)
         save(Path(args.results), "scan.json", report)
-        log(f"in memory, fast, {spans} spans per call: {row['seconds']:.2f} s -> {row['xrt']:.0f}x real time")
+        log(f"in memory, fast, {spans} spans per call, {feeders} feeders: {row['seconds']:.2f} s -> {row['xrt']:.0f}x real time")
     if device.type == "cuda":
         report["facts"]["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         save(Path(args.results), "scan.json", report)
