@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 # 11.5 MB at 48 kHz) cut ~15 MB off the peak at no measurable cost in speed.
 BLOCK_SECONDS = 60.0
 MAX_BLOCK_SAMPLES = 1_048_576  # samples over all channels per read: 4 MB as float32
+SALVAGE_FRAMES = 4096  # after a decode error, the block is read again in steps this small
 # soxr "HQ" is what librosa's res_type="soxr_hq" uses; training and scanning
 # must resample identically or the model sees a different spectrum.
 RESAMPLE_QUALITY = "HQ"
@@ -296,16 +297,43 @@ def read_mono_blocks(f: sf.SoundFile, path: str | Path, info: AudioInfo, channel
     block_frames = max(1, min(round(block_seconds * info.sample_rate), MAX_BLOCK_SAMPLES // info.channels))
     warned = False
     while True:
+        start = f.tell()
         try:
             block = f.read(block_frames, dtype="float32", always_2d=True)  # (frames, channels)
         except sf.LibsndfileError as e:
-            raise AudioReadError(path, "corrupt", f"decode error at frame {f.tell()} ({e})") from e
+            block, failed = _salvage(f, start, block_frames, info.channels)
+            if failed:  # keep what decodes before the damage, then stop with the error
+                x = _mono(block, channel)
+                _zero_non_finite(x, path, warned)
+                if x.size:
+                    yield x
+                raise AudioReadError(path, "corrupt", f"decode error at frame {start + len(block)} ({e})") from e
         x = _mono(block, channel)
         warned = _zero_non_finite(x, path, warned)
         if x.size:
             yield x
         if len(block) < block_frames:
             return
+
+
+def _salvage(f: sf.SoundFile, start: int, frames: int, channels: int) -> tuple[np.ndarray, bool]:
+    """After a read from ``start`` failed, read those ``frames`` again SALVAGE_FRAMES at a time.
+    Returns what decoded and whether a read failed again. A damaged compressed file (a FLAC whose
+    recorder died mid-write) loses only the audio from the damage on, not the whole block before it."""
+    parts: list[np.ndarray] = []
+    try:
+        f.seek(start)
+        while sum(len(p) for p in parts) < frames:
+            part = f.read(min(SALVAGE_FRAMES, frames - sum(len(p) for p in parts)), dtype="float32", always_2d=True)
+            parts.append(part)
+            if len(part) < SALVAGE_FRAMES:
+                break
+    except (sf.LibsndfileError, RuntimeError):  # RuntimeError: a seek libsndfile cannot do
+        failed = True
+    else:
+        failed = False
+    block = np.concatenate(parts) if parts else np.zeros((0, channels), dtype=np.float32)
+    return block, failed
 
 
 @dataclass(frozen=True)
@@ -368,6 +396,10 @@ def resample_segments(blocks: Iterable[np.ndarray], grid: ResampleGrid, first: i
                 break
             pending.append(block)
             have += len(block)
+        if not pending:  # nothing was read: an empty stream, or a decode error at the first block
+            if error is not None:
+                raise error
+            return
         x = np.concatenate(pending) if len(pending) != 1 else pending[0]
         seg = x[lo - buf_start:min(hi, buf_start + have) - buf_start]
         if seg.size == 0:

@@ -181,23 +181,49 @@ def test_truncated_wav_reads_surviving_samples(tmp_path: Path, caplog: pytest.Lo
     assert any("truncated" in r.message and "cut.wav" in r.message for r in caplog.records)
 
 
-def test_decode_error_mid_stream_is_corrupt(stereo_wav: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decode_error_mid_stream_is_corrupt_and_keeps_the_audio_before_it(stereo_wav: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames from BAD on cannot be decoded (a damaged file). The block holding BAD is read again
+    in SALVAGE_FRAMES steps, so the audio up to the last whole step before BAD is kept, exactly;
+    then the stream stops with a "corrupt" error that names the first frame not kept."""
+    from primate_monitor.audio import SALVAGE_FRAMES
+
+    bad = int(1.2 * SR_IN)
     real_read = sf.SoundFile.read
-    calls = {"n": 0}
 
-    def failing_read(self: sf.SoundFile, *args: object, **kwargs: object) -> np.ndarray:
-        calls["n"] += 1
-        if calls["n"] == 3:
+    def damaged_read(self: sf.SoundFile, frames: int = -1, *args: object, **kwargs: object) -> np.ndarray:
+        if self.tell() + frames > bad:
             raise sf.LibsndfileError(1, prefix="Error reading: ")
-        return real_read(self, *args, **kwargs)
+        return real_read(self, frames, *args, **kwargs)
 
-    monkeypatch.setattr(sf.SoundFile, "read", failing_read)
+    monkeypatch.setattr(sf.SoundFile, "read", damaged_read)
+    block = int(0.5 * SR_IN)
+    kept_frames = (bad // block) * block + (bad % block) // SALVAGE_FRAMES * SALVAGE_FRAMES
     got = []
     with pytest.raises(AudioReadError) as err:
-        for block in stream_audio(stereo_wav, SR_IN, block_seconds=0.5):
-            got.append(block)
+        for x in stream_audio(stereo_wav, SR_IN, block_seconds=0.5):  # the file's own rate: no resampling
+            got.append(x)
     assert err.value.kind == "corrupt" and "stereo.wav" in str(err.value)
-    assert len(got) == 2  # what was yielded before the error stays with the caller
+    assert f"decode error at frame {kept_frames} " in str(err.value)
+    monkeypatch.undo()
+    intact = sf.read(stereo_wav, dtype="float32")[0].mean(axis=1)
+    np.testing.assert_array_equal(np.concatenate(got), intact[:kept_frames])
+
+
+def test_a_flac_damaged_in_its_first_block_keeps_what_decodes(tmp_path: Path) -> None:
+    """A real FLAC cut short (a recorder that died mid-write): libsndfile loses sync inside the
+    first 22 s read. Before, nothing was kept, and the empty buffer stopped the whole scan with
+    a ValueError; now the seconds before the damage come back, then a "corrupt" error."""
+    source = Path(__file__).parent.parent / "sample_data" / "recordings" / "20240312_053000.flac"
+    path = tmp_path / "cut.flac"
+    path.write_bytes(source.read_bytes()[:300_000])
+    got = []
+    with pytest.raises(AudioReadError) as err:
+        for x in stream_audio(path, 16_000):
+            got.append(x)
+    assert err.value.kind == "corrupt"
+    seconds = sum(len(x) for x in got) / 16_000
+    assert 5.0 < seconds < probe(path).duration_s  # the decodable start is kept, not the whole file
 
 
 def test_stream_rejects_bad_arguments(stereo_wav: Path) -> None:

@@ -318,6 +318,24 @@ def test_a_wav_holding_more_than_its_header_declares_is_partial_not_silently_cut
     assert recs.loc["big.wav", "note"].startswith("oversize WAV") and recs.loc["small.wav", "note"] == ""
 
 
+def test_a_flac_damaged_at_its_start_is_partial_and_the_scan_goes_on(tiny_checkpoint, tmp_path):
+    """A FLAC that loses sync inside the first read (cut short by a dying recorder) once stopped
+    the whole scan with "need at least one array to concatenate" (exit 2). It is now a partial
+    recording holding the seconds that decode, and the other files are scanned."""
+    source = Path(__file__).parent.parent / "sample_data" / "recordings" / "20240312_053000.flac"
+    root = tmp_path / "rec"
+    root.mkdir()
+    (root / "cut.flac").write_bytes(source.read_bytes()[:300_000])
+    (root / "whole.flac").write_bytes(source.read_bytes())
+    out = tmp_path / "out"
+    result = invoke("-q", "scan", root, "-o", out, "--model", tiny_checkpoint)
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    recs = pd.read_csv(out / "recordings.csv", keep_default_na=False).set_index("recording")
+    assert recs.loc["whole.flac", "status"] == "ok"
+    assert recs.loc["cut.flac", "status"] == "partial" and recs.loc["cut.flac", "error_kind"] == "corrupt"
+    assert 5.0 < float(recs.loc["cut.flac", "duration_s"]) < 20.0
+
+
 def test_bad_files_are_reported_not_fatal(tiny_checkpoint, tmp_path):
     root = make_bad_folder(tmp_path / "bad")
     out = tmp_path / "out"
