@@ -48,8 +48,8 @@ _FORMAT_ALIASES = {"aiff": ("aif", "aifc"), "ogg": ("oga", "opus"), "ircam": ("s
 # RAW is header-less: libsndfile cannot open it without being told the layout.
 _UNPROBEABLE_FORMATS = frozenset({"raw"})
 # libsndfile's WAV parser notes "data : 192000 (should be 95978)" when the
-# header promises more bytes than the file holds.
-_TRUNCATED_RE = re.compile(r"^\s*data\s*:\s*\d+\s*\(should be \d+\)", re.MULTILINE)
+# header promises more bytes than the file holds; its AIFF parser says "SSND : ...".
+_TRUNCATED_RE = re.compile(r"^\s*(data|SSND)\s*:\s*\d+\s*\(should be \d+\)", re.MULTILINE)
 
 AUDIO_ERROR_KINDS = frozenset(
     {"empty", "no_samples", "not_audio", "unsupported", "permission", "corrupt", "missing", "channel", "truncated",
@@ -301,7 +301,7 @@ def read_mono_blocks(f: sf.SoundFile, path: str | Path, info: AudioInfo, channel
         try:
             block = f.read(block_frames, dtype="float32", always_2d=True)  # (frames, channels)
         except sf.LibsndfileError as e:
-            block, failed = _salvage(f, start, block_frames, info.channels)
+            block, failed = _salvage(f, path, start, block_frames, info.channels)
             if failed:  # keep what decodes before the damage, then stop with the error
                 x = _mono(block, channel)
                 _zero_non_finite(x, path, warned)
@@ -316,24 +316,35 @@ def read_mono_blocks(f: sf.SoundFile, path: str | Path, info: AudioInfo, channel
             return
 
 
-def _salvage(f: sf.SoundFile, start: int, frames: int, channels: int) -> tuple[np.ndarray, bool]:
+def _salvage(f: sf.SoundFile, path: str | Path, start: int, frames: int, channels: int) -> tuple[np.ndarray, bool]:
     """After a read from ``start`` failed, read those ``frames`` again SALVAGE_FRAMES at a time.
-    Returns what decoded and whether a read failed again. A damaged compressed file (a FLAC whose
-    recorder died mid-write) loses only the audio from the damage on, not the whole block before it."""
+    Returns what decoded and whether the stream must stop there. A damaged compressed file (a
+    FLAC whose recorder died mid-write) loses only the audio from the damage on, not the whole
+    block before it. libsndfile's FLAC decoder cannot seek once it has lost sync, so the file is
+    then opened afresh for the salvage, and the stream stops after it whatever it finds."""
     parts: list[np.ndarray] = []
+    fresh: sf.SoundFile | None = None
+    failed = False
     try:
-        f.seek(start)
+        try:
+            f.seek(start)
+            handle = f
+        except RuntimeError:  # LibsndfileError is one
+            fresh = handle = sf.SoundFile(path)
+            handle.seek(start)
         while sum(len(p) for p in parts) < frames:
-            part = f.read(min(SALVAGE_FRAMES, frames - sum(len(p) for p in parts)), dtype="float32", always_2d=True)
+            part = handle.read(min(SALVAGE_FRAMES, frames - sum(len(p) for p in parts)), dtype="float32",
+                               always_2d=True)
             parts.append(part)
             if len(part) < SALVAGE_FRAMES:
                 break
-    except (sf.LibsndfileError, RuntimeError):  # RuntimeError: a seek libsndfile cannot do
+    except RuntimeError:
         failed = True
-    else:
-        failed = False
+    finally:
+        if fresh is not None:
+            fresh.close()
     block = np.concatenate(parts) if parts else np.zeros((0, channels), dtype=np.float32)
-    return block, failed
+    return block, failed or fresh is not None
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ class _TrackedStream:
             if self.n_samples == 0:
                 raise
             self.error = e
-            logger.warning("%s: %s; keeping the %.1f s scanned before it", self.path, e, self.n_samples / self.sample_rate)
+            logger.warning("%s; keeping the %.1f s scanned before it", e, self.n_samples / self.sample_rate)
 
     def result(self, starts: np.ndarray, scores: np.ndarray) -> RecordingScores:
         if self.n_samples == 0:

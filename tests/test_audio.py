@@ -181,6 +181,39 @@ def test_truncated_wav_reads_surviving_samples(tmp_path: Path, caplog: pytest.Lo
     assert any("truncated" in r.message and "cut.wav" in r.message for r in caplog.records)
 
 
+def test_truncated_aiff_is_reported_as_truncated(tmp_path: Path) -> None:
+    """An AIFF cut short was scanned as a whole file ("ok"); libsndfile's AIFF parser says
+    "SSND : N (should be M)" where its WAV parser says "data : ...", and both now count."""
+    path = tmp_path / "cut.aiff"
+    sf.write(path, _tone(2.0, 16_000), 16_000, format="AIFF", subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    info = probe(path)
+    assert info.truncated and 0 < info.frames < 32_000
+    whole = tmp_path / "whole.aiff"
+    sf.write(whole, _tone(1.0, 16_000), 16_000, format="AIFF", subtype="PCM_16")
+    assert not probe(whole).truncated
+
+
+def test_a_flac_garbled_midway_keeps_what_decodes_before_it(tmp_path: Path) -> None:
+    """5,000 bytes of garbage in the middle of a real FLAC: libsndfile loses sync and can no
+    longer seek on that handle, so the salvage opens the file afresh and keeps the audio before
+    the damage (it was 0 s: the file failed at "frame 0")."""
+    source = Path(__file__).parent.parent / "sample_data" / "recordings" / "20240312_053000.flac"
+    data = bytearray(source.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 5000] = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    path = tmp_path / "garbled.flac"
+    path.write_bytes(bytes(data))
+    got = []
+    with pytest.raises(AudioReadError) as err:
+        for x in stream_audio(path, 16_000):
+            got.append(x)
+    assert err.value.kind == "corrupt"
+    kept = sum(len(x) for x in got) / 16_000
+    assert 0.4 * probe(path).duration_s < kept < 0.6 * probe(path).duration_s  # up to the damage, near the middle
+
+
 def test_decode_error_mid_stream_is_corrupt_and_keeps_the_audio_before_it(stereo_wav: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames from BAD on cannot be decoded (a damaged file). The block holding BAD is read again
