@@ -195,6 +195,16 @@ def test_truncated_aiff_is_reported_as_truncated(tmp_path: Path) -> None:
     assert not probe(whole).truncated
 
 
+def seconds_before_corrupt(path: Path, rate: int = 16_000) -> float:
+    """Stream ``path`` until it raises its "corrupt" error; the seconds of audio yielded before."""
+    got = []
+    with pytest.raises(AudioReadError) as err:
+        for x in stream_audio(path, rate):
+            got.append(x)
+    assert err.value.kind == "corrupt"
+    return sum(len(x) for x in got) / rate
+
+
 def test_a_flac_garbled_midway_keeps_what_decodes_before_it(tmp_path: Path) -> None:
     """5,000 bytes of garbage in the middle of a real FLAC: libsndfile loses sync and can no
     longer seek on that handle, so the salvage opens the file afresh and keeps the audio before
@@ -205,12 +215,7 @@ def test_a_flac_garbled_midway_keeps_what_decodes_before_it(tmp_path: Path) -> N
     data[middle : middle + 5000] = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
     path = tmp_path / "garbled.flac"
     path.write_bytes(bytes(data))
-    got = []
-    with pytest.raises(AudioReadError) as err:
-        for x in stream_audio(path, 16_000):
-            got.append(x)
-    assert err.value.kind == "corrupt"
-    kept = sum(len(x) for x in got) / 16_000
+    kept = seconds_before_corrupt(path)
     assert 0.4 * probe(path).duration_s < kept < 0.6 * probe(path).duration_s  # up to the damage, near the middle
 
 
@@ -250,12 +255,7 @@ def test_a_flac_damaged_in_its_first_block_keeps_what_decodes(tmp_path: Path) ->
     source = Path(__file__).parent.parent / "sample_data" / "recordings" / "20240312_053000.flac"
     path = tmp_path / "cut.flac"
     path.write_bytes(source.read_bytes()[:300_000])
-    got = []
-    with pytest.raises(AudioReadError) as err:
-        for x in stream_audio(path, 16_000):
-            got.append(x)
-    assert err.value.kind == "corrupt"
-    seconds = sum(len(x) for x in got) / 16_000
+    seconds = seconds_before_corrupt(path)
     assert 5.0 < seconds < probe(path).duration_s  # the decodable start is kept, not the whole file
 
 
