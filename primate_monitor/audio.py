@@ -298,20 +298,18 @@ def read_mono_blocks(f: sf.SoundFile, path: str | Path, info: AudioInfo, channel
     warned = False
     while True:
         start = f.tell()
+        error: sf.LibsndfileError | None = None
         try:
             block = f.read(block_frames, dtype="float32", always_2d=True)  # (frames, channels)
         except sf.LibsndfileError as e:
             block, failed = _salvage(f, path, start, block_frames, info.channels)
-            if failed:  # keep what decodes before the damage, then stop with the error
-                x = _mono(block, channel)
-                _zero_non_finite(x, path, warned)
-                if x.size:
-                    yield x
-                raise AudioReadError(path, "corrupt", f"decode error at frame {start + len(block)} ({e})") from e
+            error = e if failed else None  # keep what decodes before the damage, then stop with the error
         x = _mono(block, channel)
         warned = _zero_non_finite(x, path, warned)
         if x.size:
             yield x
+        if error is not None:
+            raise AudioReadError(path, "corrupt", f"decode error at frame {start + len(block)} ({error})") from error
         if len(block) < block_frames:
             return
 
@@ -323,6 +321,7 @@ def _salvage(f: sf.SoundFile, path: str | Path, start: int, frames: int, channel
     block before it. libsndfile's FLAC decoder cannot seek once it has lost sync, so the file is
     then opened afresh for the salvage, and the stream stops after it whatever it finds."""
     parts: list[np.ndarray] = []
+    got = 0  # frames in parts
     fresh: sf.SoundFile | None = None
     failed = False
     try:
@@ -332,10 +331,10 @@ def _salvage(f: sf.SoundFile, path: str | Path, start: int, frames: int, channel
         except RuntimeError:  # LibsndfileError is one
             fresh = handle = sf.SoundFile(path)
             handle.seek(start)
-        while sum(len(p) for p in parts) < frames:
-            part = handle.read(min(SALVAGE_FRAMES, frames - sum(len(p) for p in parts)), dtype="float32",
-                               always_2d=True)
+        while got < frames:
+            part = handle.read(min(SALVAGE_FRAMES, frames - got), dtype="float32", always_2d=True)
             parts.append(part)
+            got += len(part)
             if len(part) < SALVAGE_FRAMES:
                 break
     except RuntimeError:

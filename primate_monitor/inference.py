@@ -246,7 +246,7 @@ class StreamScorer:
         info = model.info
         self.model = model
         self.network = model.network.eval()
-        self.device = next(self.network.parameters()).device
+        self.device = model.device
         self.cuda = self.device.type == "cuda"
         if precision == "auto":  # a library caller's: int8 where the calibration allows it (int8_check.auto_precision)
             from .int8_check import auto_precision

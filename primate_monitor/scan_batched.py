@@ -47,9 +47,12 @@ class BatchedExecutor:
         fingerprints = [t.rec.fingerprint() for t in tasks]
         lock = threading.Lock()  # the decoder threads report their blocks, this thread its pieces
 
-        def report(n: int) -> None:  # n model samples scanned
+        def advance(seconds: float) -> None:
             with lock:
-                progress(n / sr)
+                progress(seconds)
+
+        def report(n: int) -> None:  # a block of n model samples decoded
+            advance(n / sr)
 
         def source(task: Task) -> Iterator[np.ndarray]:
             """Lazy blocks, read in a decoder thread: a whole recording, counted block by block for
@@ -66,7 +69,7 @@ class BatchedExecutor:
             seconds, last = now - last, now  # the wall time since the previous task finished
             if task.piece is not None:
                 result = piece_scores(task.rec, task.piece, scores, self.model, self.config, seconds, fingerprint)
-                report(round(result.owned_seconds(sr) * sr))
+                advance(result.owned_seconds(sr))
                 yield result
             elif isinstance(scores, AudioReadError):
                 record = recording_record(task.rec, None, scores, 0, seconds, fingerprint)

@@ -82,9 +82,10 @@ class ScanRun:
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
         # the serial executor on a GPU batches spans from ``workers`` recordings into each call
-        self.batch_recordings = model.device.type == "cuda" if batch_recordings is None else batch_recordings
+        batch = model.device.type == "cuda" if batch_recordings is None else batch_recordings
+        self.batch_recordings = batch and executor == "serial"
         if workers is None:  # one decoder cannot feed a GPU (docs/benchmarks.md, "GPU")
-            workers = min(GPU_DECODERS, os.cpu_count() or 1) if self.batch_recordings and executor == "serial" else 1
+            workers = min(GPU_DECODERS, os.cpu_count() or 1) if self.batch_recordings else 1
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if cluster is not None and executor != "dask":
@@ -104,7 +105,7 @@ class ScanRun:
         self.workers, self.save_windows = workers, save_window_scores
         self.executor, self.cluster = executor, cluster
         self.torch_threads = torch_threads
-        if piece_seconds is None and self.batch_recordings and executor == "serial" and workers > 1:
+        if piece_seconds is None and self.batch_recordings and workers > 1:
             # one long recording would feed the GPU from a single decoder thread: cut it into
             # pieces that the workers decode side by side (the outputs do not change)
             piece_seconds = BATCHED_PIECE_SECONDS
