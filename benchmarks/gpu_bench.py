@@ -13,15 +13,20 @@ Timed from the first read to the last event table, decoding and resampling inclu
 (files were just written, so they are in the page cache), hop 1 s, fast mode, for 1, 2, 4,
 8 (and 16) decode workers; then four times the files (hard links) with the most workers, the
 steady state; then the same audio already decoded in memory, to show what the network side
-alone reaches, with 4, 16 (the default) and 64 spans per network call; then that pass once more
-under torch.profiler (profile_scan.txt; training: profile_train.txt, 20 steps). train: the recipe step (front end, SpecAugment, MixUp, bf16
-forward/backward, AMSGrad, EMA) for CNN10-16k at batch 32 on the sample clips, and one
-validation pass, projected to the recipe's 60,000 iterations with 60 validations. cli: the
-installed `primate-monitor scan` command (a child process) on the scan phase's audio, with 4 and
-16 decode workers, then one 4-hour file (cut into 1-hour pieces on a GPU); on a GPU it batches
-spans from several recordings per call (scan_batched.BatchedExecutor). A scan of one 3 s file first measures the fixed cost (process
-start, imports, CUDA start-up, model load, writing), so the table gives × real time with and
-without it; peak RSS is the child's, from the kernel.
+alone reaches, with 4, 16 (the default) and 64 spans per network call and with one feeder
+thread per stream; then that pass once more under torch.profiler (profile_scan.txt).
+
+train: the recipe step (front end, SpecAugment, MixUp, bf16 forward/backward, AMSGrad, EMA)
+for CNN10-16k at batch 32 on the sample clips, and one validation pass, projected to the
+recipe's 60,000 iterations with 60 validations; then 20 steps under torch.profiler
+(profile_train.txt).
+
+cli: the installed `primate-monitor scan` command (a child process) on the scan phase's audio,
+with 4 and 16 decode workers, then one 4-hour file (cut into 1-hour pieces on a GPU); on a GPU
+it batches spans from several recordings per call (scan_batched.BatchedExecutor). A scan of one
+3 s file first measures the fixed cost (process start, imports, CUDA start-up, model load,
+writing), so the table gives × real time with and without it; peak RSS is the child's, from
+the kernel.
 
 Without a GPU (or with --smoke) every size shrinks so the whole script runs on a laptop CPU
 in a minute or two; its figures then mean nothing. Each phase writes its JSON after every
@@ -197,15 +202,18 @@ def profiled(results: Path, name: str, work) -> None:
             work()
             sync()
         averages = prof.key_averages()
+
+        def table(key: str) -> str:
+            return f"sorted by {key}:\n" + averages.table(sort_by=key, row_limit=30)
+
         tables = []
-        keys = ["self_device_time_total", "self_cuda_time_total"] if torch.cuda.is_available() else []
-        for key in keys + ["self_cpu_time_total"]:
-            try:
-                tables.append(f"sorted by {key}:\n" + averages.table(sort_by=key, row_limit=30))
-            except Exception:  # noqa: BLE001 - the key's name changed between torch versions
+        for key in ("self_device_time_total", "self_cuda_time_total") if torch.cuda.is_available() else ():
+            try:  # the key's name changed between torch versions; one device table is enough
+                tables.append(table(key))
+                break
+            except Exception:  # noqa: BLE001
                 continue
-            if key != "self_cpu_time_total":
-                keys = []  # one device table is enough
+        tables.append(table("self_cpu_time_total"))
         results.mkdir(parents=True, exist_ok=True)
         (results / name).write_text("\n\n".join(tables) + "\n")
         log(f"profile written to {results / name}")
