@@ -81,6 +81,8 @@ SPLIT: dict[str, dict[str, list[tuple[str, tuple[str, ...] | None]]]] = {
         # GreatArgus_1 (train) from 36.5 s on, so devel background clips can hold training audio.
         # R0 and R2 were built with this split, so it stays for reproducibility; on the next
         # rebuild move GreatArgus_4 to train (docs/models/demo.md, "Leak check (2026-11-28)").
+        # 20 of the 80 devel background clips hold that stretch; without them both kept
+        # checkpoints still score highest (scripts/devel_leak_effect.py).
         "other": [("calls/other_animals", ("GreatArgus_4",))],
     },
     # Listed for the record and for scripts/demo_field_check.py; nothing here reads them.
