@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 BLOCK_SECONDS = 60.0
 MAX_BLOCK_SAMPLES = 1_048_576  # samples over all channels per read: 4 MB as float32
 SALVAGE_FRAMES = 4096  # after a decode error, the block is read again in steps this small
+# Decoding that ends more than this before the length a file declares means the file was cut
+# short (an MP3 whose Xing header counts frames that are gone); less is decoder rounding.
+SHORTFALL_SECONDS = 1.0
 # soxr "HQ" is what librosa's res_type="soxr_hq" uses; training and scanning
 # must resample identically or the model sees a different spectrum.
 RESAMPLE_QUALITY = "HQ"
@@ -48,8 +51,11 @@ _FORMAT_ALIASES = {"aiff": ("aif", "aifc"), "ogg": ("oga", "opus"), "ircam": ("s
 # RAW is header-less: libsndfile cannot open it without being told the layout.
 _UNPROBEABLE_FORMATS = frozenset({"raw"})
 # libsndfile's WAV parser notes "data : 192000 (should be 95978)" when the
-# header promises more bytes than the file holds; its AIFF parser says "SSND : ...".
-_TRUNCATED_RE = re.compile(r"^\s*(data|SSND)\s*:\s*\d+\s*\(should be \d+\)", re.MULTILINE)
+# header promises more bytes than the file holds; its AIFF parser says "SSND : ...". An Ogg
+# stream (Vorbis, Opus) that was never closed ends without its end-of-stream page: "Ogg: Last
+# page lacks an end-of-stream bit" (Vorbis) or "Ogg : ..." (Opus).
+_TRUNCATED_RE = re.compile(r"^\s*(?:(?:data|SSND)\s*:\s*\d+\s*\(should be \d+\)"
+                           r"|Ogg\s*:\s*Last page lacks an end-of-stream bit)", re.MULTILINE)
 
 AUDIO_ERROR_KINDS = frozenset(
     {"empty", "no_samples", "not_audio", "unsupported", "permission", "corrupt", "missing", "channel", "truncated",
@@ -69,7 +75,8 @@ class AudioReadError(Exception):
     (valid header, 0 frames), "not_audio" (libsndfile cannot parse it),
     "unsupported" (an extension libsndfile does not read), "permission",
     "corrupt" (decode error mid-stream), "missing" (also a broken symlink), "channel",
-    "truncated" (the header promises more audio than the file holds) or "oversize" (a WAV
+    "truncated" (the file was cut short: its header promises more audio than it holds, an Ogg
+    stream lacks its end-of-stream page, or decoding ends well before the declared length) or "oversize" (a WAV
     holds far more bytes than its header declares, e.g. one over 4 GiB). The path in the
     message is ``fsutil.printable``: a name with a tab or invalid UTF-8 still makes a message
     that can be logged and stored.
@@ -107,7 +114,7 @@ class AudioInfo:
     format: str  # libsndfile major format, e.g. "WAV"
     subtype: str  # e.g. "PCM_16"
     comment: str | None  # e.g. AudioMoth's "Recorded at ... (UTC) by AudioMoth ..."
-    truncated: bool = False  # the header promises more data than the file holds
+    truncated: bool = False  # cut short: the header promises more data than the file holds, or an Ogg lacks its end
     unread_bytes: int = 0  # a WAV's bytes beyond its declared audio, when over UNREAD_BYTES_LIMIT (see _unread_bytes)
 
     def __post_init__(self) -> None:
@@ -199,7 +206,7 @@ def probe(path: str | Path) -> AudioInfo:
 
 def _warn_if_truncated(f: sf.SoundFile, path: str | Path) -> None:
     if _info(f, path).truncated:
-        logger.warning("%s: truncated file, the header promises more data; reading the %d frames present",
+        logger.warning("%s: truncated file (cut short before the end it declares); reading the %d frames present",
                        path, f.frames)
 
 
@@ -292,7 +299,10 @@ def stream_audio(
 def read_mono_blocks(f: sf.SoundFile, path: str | Path, info: AudioInfo, channel: int | None,
                      block_seconds: float) -> Iterator[np.ndarray]:
     """Mono float32 source blocks from the file's current position to its end; non-finite
-    samples become 0. A decode error raises AudioReadError after the blocks before it."""
+    samples become 0. A decode error raises AudioReadError after the blocks before it, and so
+    does decoding that stops more than SHORTFALL_SECONDS before the length the file declares
+    (kind "truncated"): a cut MP3 keeps the frame count of its Xing header, so without this
+    check the scan would call it complete."""
     # cap a block at MAX_BLOCK_SAMPLES so 384 kHz or many channels stay within tens of MB
     block_frames = max(1, min(round(block_seconds * info.sample_rate), MAX_BLOCK_SAMPLES // info.channels))
     warned = False
@@ -311,6 +321,10 @@ def read_mono_blocks(f: sf.SoundFile, path: str | Path, info: AudioInfo, channel
         if error is not None:
             raise AudioReadError(path, "corrupt", f"decode error at frame {start + len(block)} ({error})") from error
         if len(block) < block_frames:
+            end = start + len(block)
+            if info.frames - end > SHORTFALL_SECONDS * info.sample_rate:
+                raise AudioReadError(path, "truncated", f"decoding stopped at {end / info.sample_rate:.3f} s of the "
+                                     f"{info.duration_s:.3f} s the file declares: it was probably cut short")
             return
 
 

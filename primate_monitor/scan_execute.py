@@ -161,18 +161,20 @@ def recording_record(rec: Recording, scores: RecordingScores | None, error: Audi
         return record | {"status": "failed", "error_kind": error.kind, "error": str(error), "duration_s": 0.0,
                          "n_windows": 0, "n_events": 0}
     info = scores.info
+    # cut short: the header said so (scores.truncated), or decoding stopped early (an MP3)
+    truncated = scores.truncated or (scores.error is not None and scores.error.kind == "truncated")
     kind, message = "", ""
     if scores.error is not None:
         kind, message = scores.error.kind, str(scores.error)
     elif scores.truncated:
-        kind, message = "truncated", (f"{rec.display_path}: truncated file, the header promises more audio than it holds; "
+        kind, message = "truncated", (f"{rec.display_path}: truncated file, cut short before the end it declares; "
                                       f"scanned the {scores.duration_s:.3f} s present")
     elif info.unread_bytes:
         kind, message = "oversize", (f"{rec.display_path}: the file holds {info.unread_bytes / 2**20:.0f} MiB more than its "
                                      f"WAV header declares (a WAV cannot describe more than 4 GiB), so only the first "
                                      f"{scores.duration_s:.3f} s were scanned; convert it to RF64, W64 or FLAC and scan again")
     note = ""
-    if scores.truncated:
+    if truncated:
         note = f"truncated file: scanned the {scores.duration_s:.3f} s present"
     elif info.unread_bytes:
         note = f"oversize WAV: scanned the {scores.duration_s:.3f} s its header declares"
@@ -181,7 +183,7 @@ def recording_record(rec: Recording, scores: RecordingScores | None, error: Audi
         "duration_s": scores.duration_s, "sample_rate": info.sample_rate, "channels": info.channels,
         "format": f"{info.format}/{info.subtype}",
         "recording_start": scores.start.isoformat() if scores.start else None,
-        "truncated": scores.truncated, "n_windows": int(len(scores.starts_s)), "n_events": n_events,
+        "truncated": truncated, "n_windows": int(len(scores.starts_s)), "n_events": n_events,
     }
 
 

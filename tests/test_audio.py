@@ -195,6 +195,49 @@ def test_truncated_aiff_is_reported_as_truncated(tmp_path: Path) -> None:
     assert not probe(whole).truncated
 
 
+def _cut_copy(whole: Path, fraction: float) -> Path:
+    """The first ``fraction`` of ``whole``'s bytes, as a recorder that died mid-write leaves it."""
+    cut = whole.with_name("cut" + whole.suffix)
+    cut.write_bytes(whole.read_bytes()[: int(len(whole.read_bytes()) * fraction)])
+    return cut
+
+
+@pytest.mark.parametrize("subtype, suffix", [("VORBIS", ".ogg"), ("OPUS", ".opus")])
+def test_an_ogg_stream_cut_short_is_truncated(tmp_path: Path, subtype: str, suffix: str) -> None:
+    """A cut Ogg file was "ok": libsndfile counts the frames of the pages that are there, so
+    nothing looked missing. A closed Ogg stream ends with an end-of-stream page; a cut one does
+    not, and libsndfile says "Last page lacks an end-of-stream bit"."""
+    if subtype not in sf.available_subtypes("OGG"):
+        pytest.skip(f"this libsndfile cannot write Ogg {subtype}")
+    whole = tmp_path / f"whole{suffix}"
+    sf.write(whole, _tone(6.0, 16_000), 16_000, format="OGG", subtype=subtype)
+    assert not probe(whole).truncated
+    cut = _cut_copy(whole, 0.5)
+    info = probe(cut)
+    assert info.truncated and 0 < info.duration_s < 5.0
+    y = np.concatenate(list(stream_audio(cut, 16_000)))  # what is there is still read
+    assert abs(y.size - info.frames) <= 1
+
+
+def test_an_mp3_cut_short_streams_what_is_there_then_says_truncated(tmp_path: Path) -> None:
+    """A cut MP3 keeps the frame count of its Xing header, and libsndfile's decoder simply stops
+    early: the scan called it complete. The stream now yields the audio that decodes, then raises
+    a "truncated" AudioReadError saying where decoding stopped (the scan keeps what came before)."""
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile has no MP3")
+    whole = tmp_path / "whole.mp3"
+    sf.write(whole, _tone(20.0, 16_000), 16_000, format="MP3", subtype="MPEG_LAYER_III")
+    assert sum(b.size for b in stream_audio(whole, 16_000)) == probe(whole).frames  # no false alarm
+    cut = _cut_copy(whole, 0.5)
+    got = []
+    with pytest.raises(AudioReadError) as caught:
+        for block in stream_audio(cut, 8_000, block_seconds=3.0):
+            got.append(block)
+    assert caught.value.kind == "truncated" and "cut.mp3" in str(caught.value)
+    assert "of the 20.000 s the file declares" in str(caught.value)
+    assert 5.0 < sum(b.size for b in got) / 8_000 < 15.0  # the first half or so, resampled, kept
+
+
 def seconds_before_corrupt(path: Path, rate: int = 16_000) -> float:
     """Stream ``path`` until it raises its "corrupt" error; the seconds of audio yielded before."""
     got = []

@@ -318,6 +318,32 @@ def test_a_wav_holding_more_than_its_header_declares_is_partial_not_silently_cut
     assert recs.loc["big.wav", "note"].startswith("oversize WAV") and recs.loc["small.wav", "note"] == ""
 
 
+def test_cut_ogg_and_mp3_files_are_partial_not_ok(tiny_checkpoint, tmp_path):
+    """Ogg and MP3 files cut short by a dying recorder were listed as "ok", their lost audio
+    unmentioned. Both are now "partial" ("truncated", exit 3) with the audio that is there
+    scanned; the whole files stay "ok"."""
+    formats = [("ogg", "OGG", "VORBIS")] + ([("mp3", "MP3", "MPEG_LAYER_III")] if "MP3" in sf.available_formats() else [])
+    audio, sr = read_rec()
+    root = tmp_path / "rec"
+    root.mkdir()
+    for ext, fmt, subtype in formats:
+        whole = root / f"whole.{ext}"
+        sf.write(whole, audio, sr, format=fmt, subtype=subtype)
+        (root / f"cut.{ext}").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    out = tmp_path / "out"
+    result = invoke("-q", "scan", root, "-o", out, "--model", tiny_checkpoint)
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    recs = pd.read_csv(out / "recordings.csv", keep_default_na=False).set_index("recording")
+    failures = pd.read_csv(out / "failures.csv", keep_default_na=False).set_index("recording")
+    for ext, _, _ in formats:
+        assert recs.loc[f"whole.{ext}", "status"] == "ok"
+        assert recs.loc[f"cut.{ext}", "status"] == "partial", recs.loc[f"cut.{ext}"].to_dict()
+        assert failures.loc[f"cut.{ext}", "kind"] == "truncated"
+        assert 4.0 < float(recs.loc[f"cut.{ext}", "duration_s"]) < 16.0  # about half of the 20 s, scanned
+        assert str(recs.loc[f"cut.{ext}", "truncated"]) == "True" and "truncated" in recs.loc[f"cut.{ext}", "note"]
+    assert set(failures.index) == {f"cut.{ext}" for ext, _, _ in formats}
+
+
 def test_a_flac_damaged_at_its_start_is_partial_and_the_scan_goes_on(tiny_checkpoint, tmp_path):
     """A FLAC that loses sync inside the first read (cut short by a dying recorder) once stopped
     the whole scan with "need at least one array to concatenate" (exit 2). It is now a partial
