@@ -267,8 +267,18 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--list", action="store_true", help="print the split's files and stop")
+    ap.add_argument("--train-backgrounds", default=None, metavar="GROUP,...",
+                    help="draw training backgrounds from these groups only (of: "
+                         f"{', '.join(BACKGROUND_WEIGHTS['train'])}), e.g. 'forest' for a model that has "
+                         "heard one kind of site, as a user's first model has (the review round trip)")
     args = ap.parse_args()
     check_disjoint(args.shared)
+    if args.train_backgrounds:
+        keep = args.train_backgrounds.split(",")
+        unknown = sorted(set(keep) - set(BACKGROUND_WEIGHTS["train"]))
+        if unknown:
+            raise SystemExit(f"error: --train-backgrounds: unknown group(s) {unknown}")
+        BACKGROUND_WEIGHTS["train"] = {g: w for g, w in BACKGROUND_WEIGHTS["train"].items() if g in keep}
     if args.list:
         for role in SPLIT:
             for group, files in resolve(args.shared, role).items():
