@@ -80,14 +80,15 @@ def verdicts_from_tables(paths: list[str | Path], classes: list[str] | None = No
 
     ``yes`` is correct; ``no``, ``background`` (the reject class) or another species is wrong
     for the detected species. Known species names are ``classes`` plus every species the tables
-    hold; anything else is an error naming the table and row (a typo must not count as "no").
+    hold; anything else is an error naming the table and row (its Selection number, else its line
+    in the file; a typo must not count as "no").
     Rows with an empty verdict were not reviewed and are left out (their number is logged)."""
     from .review import read_review_tables, verdict_label
 
     rows = read_review_tables(paths)
     known = set(classes or []) | set(rows["species"]) | {reject_class}
-    labels = [verdict_label(v, s, known, reject_class, f"{printable(t)}, row {r}")
-              for v, s, t, r in zip(rows["verdict"], rows["species"], rows["table"], rows["row"])]
+    labels = [verdict_label(v, s, known, reject_class, f"{printable(t)}, {r}")
+              for v, s, t, r in zip(rows["verdict"], rows["species"], rows["table"], rows["row_name"])]
     rows["label"] = labels
     reviewed = rows[rows["label"].notna()].copy()
     if len(reviewed) < len(rows):
@@ -324,10 +325,19 @@ def set_thresholds(checkpoint: str | Path, thresholds: dict[str, float], dest: s
     from .checkpoint import CheckpointError, ModelInfo, read_metadata, save_checkpoint
 
     checkpoint, dest = Path(checkpoint), Path(dest)
+    if dest.suffix != ".safetensors":
+        # the JSON sidecar goes to dest.with_suffix(".json"): "-o w.json" would write the weights
+        # and then the sidecar over them, "-o best.calibrated" would replace best.json
+        raise ValueError(f"{dest}: the new checkpoint's name must end in .safetensors "
+                         f"(its metadata goes beside it as {dest.stem}.json)")
     if dest.resolve() == checkpoint.resolve():
         raise ValueError(f"{dest}: set-thresholds writes a copy; give another -o than the checkpoint itself")
-    if dest.exists() and not overwrite:
-        raise ValueError(f"{dest} already exists; pass --overwrite to replace it")
+    sidecar = dest.with_suffix(".json")
+    if sidecar.resolve() == checkpoint.with_suffix(".json").resolve():
+        raise ValueError(f"{dest}: its metadata would replace {sidecar}, the original checkpoint's; give another -o")
+    existing = [str(p) for p in (dest, sidecar) if p.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{' and '.join(existing)} already exist(s); pass --overwrite to replace, or give another -o")
     info = ModelInfo.from_dict(read_metadata(checkpoint), str(checkpoint))
     species = [c for c in info.classes if c != info.reject_class]
     unknown = sorted(set(thresholds) - set(species))

@@ -302,13 +302,14 @@ def detect(scan_dir: Path, thresholds: tuple[str, ...], thresholds_file: Path | 
 @click.option("--min-score", default=0.0, show_default=True, help="Keep events with a peak score at least this.")
 @click.option("--classes", default=None, help="Comma-separated species to keep.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-def export(detections: Path, fmt: str, min_score: float, classes: str | None, out: Path) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace files of the same names in OUT (refused otherwise).")
+def export(detections: Path, fmt: str, min_score: float, classes: str | None, out: Path, overwrite: bool) -> None:
     """Convert DETECTIONS (a detections.parquet) to raven, csv, audacity or parquet."""
     from .redetect import export as run_export
 
     chosen = _class_list(classes)
     try:
-        written = run_export(detections, fmt, out, min_score, chosen)
+        written = run_export(detections, fmt, out, min_score, chosen, overwrite)
     except (*USER_ERRORS, OSError) as e:
         _fail(e)
     click.echo(f"wrote {len(written)} file(s) under {out}")
@@ -326,15 +327,22 @@ def _detections_path(path: Path) -> Path:
 def evaluate_events_cmd(detections: Path, truth: tuple[Path, ...], label_column: str, out: Path | None) -> None:
     """Event-level precision/recall/F1 of DETECTIONS (scan folder or .parquet) against Raven
     TRUTH tables (files, or folders searched for *.selections.txt)."""
-    from .event_eval import evaluate_events, find_truth_tables
+    from .event_eval import evaluate_events, find_truth_tables, scan_classes
     from .scan_run import scan_index
     from .writers import read_parquet
 
+    from .fsutil import check_output_file, write_json
+
     try:
+        if out is not None:
+            check_output_file(out)
         tables = find_truth_tables(list(truth))
         events_path = _detections_path(detections)
-        result = evaluate_events(read_parquet(events_path), tables, label_column, scan_index(events_path.parent))
-    except USER_ERRORS as e:
+        result = evaluate_events(read_parquet(events_path), tables, label_column, scan_index(events_path.parent),
+                                 classes=scan_classes(events_path.parent))
+        if out is not None:
+            write_json(out, result)
+    except (*USER_ERRORS, OSError) as e:
         _fail(e)
     click.echo(f"{'species':<16}{'precision':>10}{'recall':>8}{'F1':>7}{'TP':>5}{'det':>5}{'truth':>6}{'false/h':>9}")
     for species, m in result["per_class"].items():
@@ -344,10 +352,6 @@ def evaluate_events_cmd(detections: Path, truth: tuple[Path, ...], label_column:
     click.echo(f"{'macro':<16}{macro['precision']:>10.3f}{macro['recall']:>8.3f}{macro['f1']:>7.3f}")
     click.echo(f"{len(result['recordings'])} recordings with truth, {result['audio_hours']:.3f} h of audio; "
                f"rule: {result['rule']}")
-    if out is not None:
-        from .fsutil import write_json
-
-        write_json(out, result)
 
 
 @main.command()
@@ -365,7 +369,10 @@ def plot(detections: Path, recording: Path, truth: Path | None, label_column: st
     from .audio import AudioReadError
     from .scan_run import find_recording
 
+    from .fsutil import check_output_file
+
     try:
+        check_output_file(out)
         events = read_parquet(_detections_path(detections))
         rel = find_recording(events, _detections_path(detections).parent, recording)
         mine = events[events["recording"] == rel]

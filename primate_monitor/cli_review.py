@@ -98,8 +98,11 @@ def calibrate(reviewed: tuple[Path, ...], out: Path, scan_dir: Path | None, trut
     """
     from .calibrate import CalibrationOptions, calibrate_to_files, verdicts_from_tables, verdicts_from_truth
 
+    from .fsutil import check_output_file
+
     user_errors, fail = _errors()
     try:
+        check_output_file(out)  # before any plot is drawn: a wrong -o leaves nothing half done
         if scan_dir is not None:
             if reviewed:
                 raise click.UsageError("give review tables or --scan with --truth, not both")

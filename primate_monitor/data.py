@@ -13,6 +13,7 @@ Without a devel split (folders or raven without split folders), a seeded
 from __future__ import annotations
 
 import logging
+import math
 import os
 import unicodedata
 import zlib
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .audio import find_audio_files, probe
+from .audio import AudioReadError, find_audio_files, probe
 from .config import TrainConfig
 from .fsutil import printable
 from .raven import read_selection_table
@@ -311,8 +312,9 @@ def reviewed_clips(paths: list[str | Path], known: set[str] | list[str], config:
         raise DataError(str(e)) from e
     clips: list[Clip] = []
     skipped = 0
+    path_seconds: dict[Path, float] = {}
     for r in rows.itertuples(index=False):
-        where = f"{printable(r.table)}, row {r.row}"
+        where = f"{printable(r.table)}, {r.row_name}"
         try:
             label = verdict_label(r.verdict, r.species, set(known), config.reject_class, where)
         except ValueError as e:
@@ -321,12 +323,22 @@ def reviewed_clips(paths: list[str | Path], known: set[str] | list[str], config:
             skipped += 1
             continue
         check_label(label, where)
+        if label not in known:  # a "yes" on a Species cell edited to "Gibbon" would add a class
+            raise DataError(f"{where}: verdict {r.verdict!r} makes it a {label!r} clip, which is not one of the "
+                            f"training classes ({', '.join(sorted(known))}); correct the Species or the Verdict")
         if not r.begin_path:
             raise DataError(f"{where}: no Begin Path, so the recording to cut the clip from is unknown")
         audio = Path(r.begin_path)
         if not audio.is_file():
             raise DataError(f"{where}: recording {printable(r.begin_path)} not found")
-        centre = (float(r.begin_s) + float(r.end_s)) / 2
+        begin, end = float(r.begin_s), float(r.end_s)
+        if not (math.isfinite(begin) and math.isfinite(end) and 0 <= begin <= end):
+            raise DataError(f"{where}: the selection's times ({begin:g} s to {end:g} s) are not a stretch of a "
+                            "recording (they must be finite, from 0 s on, and end after they begin)")
+        if path_seconds.setdefault(audio, _seconds(audio, where)) < begin:
+            raise DataError(f"{where}: the selection begins at {begin:g} s, after the end of {printable(str(audio))} "
+                            f"({path_seconds[audio]:.3f} s)")
+        centre = (begin + end) / 2
         start = max(0.0, centre - config.clip_seconds / 2)
         clips.append(Clip(audio, label, start, start + config.clip_seconds))
     logger.info("reviewed tables: %d clip(s) (%s), %d row(s) without a verdict skipped", len(clips),
@@ -334,6 +346,14 @@ def reviewed_clips(paths: list[str | Path], known: set[str] | list[str], config:
     if not clips:
         raise DataError(f"no verdicts in the review tables under {', '.join(map(str, paths))}; fill in the Verdict column")
     return clips
+
+
+def _seconds(path: Path, where: str) -> float:
+    """A reviewed recording's length from its header, to check a selection against it."""
+    try:
+        return probe(path).duration_s
+    except AudioReadError as e:
+        raise DataError(f"{where}: {e}") from e
 
 
 def add_reviewed(splits: Splits, paths: list[str | Path], config: TrainConfig) -> Splits:

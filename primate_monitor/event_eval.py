@@ -12,13 +12,17 @@ detection of the same call counts as a false positive.
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .raven import read_selection_table
+from .raven import check_times, read_selection_table, table_lines as _lines
+
+logger = logging.getLogger(__name__)
 
 MIN_IOU = 0.3
 SLACK_S = 6.0  # seconds a centre-holding detection may exceed the truth selection
@@ -57,12 +61,31 @@ def match_events(detections: pd.DataFrame, truth: pd.DataFrame) -> list[tuple[in
 
 
 def read_truth(path: str | Path, label_column: str = "Species") -> pd.DataFrame:
-    """A Raven truth table as begin_s, end_s, species."""
+    """A Raven truth table as begin_s, end_s, species.
+
+    A selection that ends before it begins, starts before 0 or has no species cannot be matched
+    to anything: once it silently scored as a missed call (reversed times gave every F1 0, an
+    empty species became a species ""), so it is now an error naming the table and its lines."""
     table = read_selection_table(path)
     if label_column not in table.columns:
         raise ValueError(f"{path}: no label column {label_column!r}; columns are {list(table.columns)}")
-    return pd.DataFrame({"begin_s": table["Begin Time (s)"], "end_s": table["End Time (s)"],
-                         "species": table[label_column].astype(str).str.strip()})
+    check_times(table, path)
+    species = table[label_column].astype(str).str.strip()
+    if (species == "").any():
+        raise ValueError(f"{path}: empty {label_column!r} on line(s) {_lines(species == '')}; every truth "
+                         "selection needs a species (a recording with no calls is a table with no rows)")
+    return pd.DataFrame({"begin_s": table["Begin Time (s)"], "end_s": table["End Time (s)"], "species": species})
+
+
+def scan_classes(scan_dir: str | Path) -> list[str] | None:
+    """The classes of the model a scan ran with (its run.json), or None when that is not known:
+    a truth species outside them can never be detected, which is worth a warning."""
+    try:
+        model = json.loads((Path(scan_dir) / "run.json").read_text(encoding="utf-8")).get("model") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    classes = model.get("classes") if isinstance(model, dict) else None
+    return [str(c) for c in classes] if isinstance(classes, list) else None
 
 
 def _truth_recording(table: Path, recordings: list[str]) -> str | None:
@@ -109,12 +132,14 @@ def truth_by_recording(truth_tables: list[Path], names: list[str]) -> dict[str, 
 
 
 def evaluate_events(detections: pd.DataFrame, truth_tables: list[Path], label_column: str = "Species",
-                    recordings: pd.DataFrame | None = None) -> dict[str, Any]:
+                    recordings: pd.DataFrame | None = None, classes: list[str] | None = None) -> dict[str, Any]:
     """Per-class and macro precision, recall and F1 over every recording with a truth table.
 
     ``recordings`` (the scan's recordings.csv: recording, duration_s) lets a recording with a
     truth table but no detections count, for its missed calls, and gives the hours of audio
     for false detections per hour. Without it only recordings with detections can be matched.
+    ``classes`` (the scan model's, ``scan_classes``) turns a truth species the model does not
+    have into a warning.
     The macro average is over every species in the truth or the detections: a species detected
     where the truth has none counts with precision 0, not left out.
     """
@@ -123,6 +148,10 @@ def evaluate_events(detections: pd.DataFrame, truth_tables: list[Path], label_co
     matched_tables = truth_by_recording(truth_tables, names)
     for rec, table in matched_tables.items():
         truth = read_truth(table, label_column)
+        foreign = sorted(set(truth["species"]) - set(classes)) if classes is not None else []
+        if foreign:  # "Gibbon" or "gibbón" for gibbon: every such call would count as missed
+            logger.warning("%s: species %s are not classes of the scan's model (%s); their calls count as missed",
+                           table, foreign, ", ".join(classes))
         dets = detections[detections["recording"] == rec].reset_index(drop=True)
         pairs = match_events(dets, truth)
         for species in set(truth["species"]) | set(dets["species"]):

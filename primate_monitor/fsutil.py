@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import unicodedata
@@ -33,6 +34,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     file itself (so the umask applies as for any new file).
     """
     path = Path(path)
+    check_output_file(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield tmp
@@ -44,6 +46,17 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def check_output_file(path: str | Path) -> None:
+    """Raise an OSError naming ``path`` (not a temp file) if a file cannot be written there: it
+    is a folder, or its folder does not exist. Commands that write one file (``-o F``) call this
+    before any work, so a wrong ``-o`` fails at once instead of after other outputs were written."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", str(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {printable(str(path))}: its folder {printable(str(path.parent))} does not exist")
 
 
 def write_csv(frame: "pd.DataFrame", path: str | Path, index: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,24 @@ def _read_text(path: Path) -> tuple[str, str]:
             logger.warning("%s: not UTF-8, read as %s", path, encoding)
         return text.splitlines()[0] if text else "", encoding
     raise ValueError(f"{path}: cannot decode as any of {_ENCODINGS}")
+
+
+def table_lines(mask: "pd.Series", limit: int = 5) -> str:
+    """The file lines (header = line 1) of the rows where ``mask`` holds, for messages."""
+    lines = (np.flatnonzero(mask.to_numpy()) + 2).tolist()
+    return ", ".join(map(str, lines[:limit])) + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def check_times(table: pd.DataFrame, path: str | Path) -> None:
+    """Raise ValueError naming ``path`` and its lines if a selection's times cannot be real:
+    not finite, before 0, or ending before it begins. Why: such a row matched nothing, or was
+    clamped into a window at 0 s, and the numbers that came out looked plausible."""
+    begin, end = table[BEGIN_COLUMN], table[END_COLUMN]
+    for mask, what in ((~np.isfinite(begin) | ~np.isfinite(end), "a time that is not a finite number"),
+                       ((begin < 0) | (end < 0), "a time before 0 s"),
+                       (end < begin, "an end before its begin")):
+        if mask.any():
+            raise ValueError(f"{path}: {what} on line(s) {table_lines(mask)}")
 
 
 def read_selection_table(path: str | Path) -> pd.DataFrame:

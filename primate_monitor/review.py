@@ -159,7 +159,11 @@ class ReviewResult:
 
 def _check_out(out: Path, overwrite: bool) -> None:
     """Refuse a folder that holds another review unless ``overwrite``, and even then refuse one
-    whose tables already hold verdicts: they are a person's work and are never overwritten."""
+    whose tables already hold verdicts: they are a person's work and are never overwritten.
+
+    A table that cannot be read back (saved by a spreadsheet with ``;``, a cell emptied, no
+    Verdict column) refuses too: whether it holds verdicts cannot be known, and guessing "no"
+    would destroy them."""
     tables = sorted((out / "raven").rglob(f"*{TABLE_SUFFIX}")) if (out / "raven").is_dir() else []
     if not tables and not (out / "review.csv").exists():
         return
@@ -168,12 +172,37 @@ def _check_out(out: Path, overwrite: bool) -> None:
                          "to replace it")
     for table in tables:
         try:
-            verdicts = read_selection_table(table).get(VERDICT_COLUMN, pd.Series(dtype=str))
-        except ValueError:
-            continue
+            read = read_selection_table(table)
+            if VERDICT_COLUMN not in read.columns:
+                raise ValueError(f"no {VERDICT_COLUMN!r} column")
+        except (ValueError, OSError) as e:
+            reason = str(e).removeprefix(f"{table}: ")
+            raise ValueError(f"{table}: cannot be read as a review table ({reason}), so it may hold verdicts; move it "
+                             "(or the review folder) away first: review never overwrites a table it cannot "
+                             "check") from e
+        verdicts = read[VERDICT_COLUMN]
         if verdicts.astype(str).str.strip().ne("").any():
             raise ValueError(f"{table} holds verdicts; move it (or the review folder) away first: "
                              "review never overwrites a filled-in table")
+
+
+def scan_species(scan_dir: Path, events: pd.DataFrame) -> set[str]:
+    """The species a scan can have detected: the model's classes but its reject class (from the
+    scan state, else the run parameters in detections.parquet), and every species detected.
+    Why: a misspelt ``--species`` must be an error, not an empty review."""
+    from .scan_state import ScanState
+
+    meta: dict[str, Any] = {}
+    state = ScanState(scan_dir)
+    try:
+        meta = state.meta() if state.exists() else {}
+    except (OSError, ValueError):
+        meta = {}
+    model = meta.get("model") or {}
+    params = events.attrs.get("primate_monitor", {}) or {}
+    classes = model.get("classes") or params.get("classes") or []
+    reject = model.get("reject_class") or params.get("reject_class")
+    return {str(c) for c in classes if c != reject} | {str(sp) for sp in events["species"].unique()}
 
 
 def review_scan(scan_dir: str | Path, out: str | Path, options: ReviewOptions | None = None,
@@ -190,6 +219,12 @@ def review_scan(scan_dir: str | Path, out: str | Path, options: ReviewOptions | 
     if not detections.is_file():
         raise FileNotFoundError(f"{scan_dir}: not a scan output folder (no detections.parquet)")
     events = read_parquet(detections)
+    if options.species is not None:
+        known = scan_species(scan_dir, events)
+        unknown = [sp for sp in options.species if sp not in known]
+        if unknown:
+            raise ValueError(f"species {', '.join(map(repr, unknown))} not in the scan {scan_dir}; its species: "
+                             f"{', '.join(sorted(known)) or '(none)'}")
     floors = species_floors(events)
     real_paths = {rel: path for rel, path in scanned_files(scan_dir)}
     ensure_output_dir(out)
@@ -340,13 +375,20 @@ def _write_tables(chosen: pd.DataFrame, folder: Path) -> list[Path]:
 # ---- reading filled-in tables back ---------------------------------------------------------
 def find_review_tables(paths: list[str | Path]) -> list[Path]:
     """Review tables from files and folders (searched for ``*.selections.txt`` holding a Verdict
-    column); each once. A file given by name must hold a Verdict column."""
+    column); each once. A file given by name must hold a Verdict column, and so must a
+    ``*.review.selections.txt`` found in a folder: skipping one that a spreadsheet saved with
+    ``;`` (or that is empty) would silently fit thresholds on fewer verdicts. Other tables
+    without the column (truth tables beside the recordings) are passed over."""
     found: dict[Path, None] = {}
     for p in map(Path, paths):
         if p.is_dir():
             for table in sorted(p.rglob("*.selections.txt")):
                 if _has_verdicts(table):
                     found.setdefault(table.resolve(), None)
+                elif table.name.endswith(TABLE_SUFFIX):
+                    raise ValueError(f"{table}: a review table with no readable {VERDICT_COLUMN!r} column (empty, "
+                                     "unreadable, or saved with a separator other than tab or comma, e.g. ';' by a "
+                                     f"spreadsheet); save it again as tab-separated text, or move it out of {p}")
         elif p.is_file():
             if not _has_verdicts(p):
                 raise ValueError(f"{p}: no {VERDICT_COLUMN!r} column; is it a review table (primate-monitor review)?")
@@ -368,32 +410,71 @@ def _has_verdicts(path: Path) -> bool:
     return VERDICT_COLUMN in [c.strip() for c in re.split(r"[\t,]", header)]
 
 
+def _row_names(table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """(number, name) of each row as the person sees it: its ``Selection`` number when every row
+    has one (Raven keeps it when rows are deleted or sorted), else its line in the file (the
+    header is line 1). Why: "row 2" must point at the row an error is about."""
+    if "Selection" in table.columns:
+        sel = table["Selection"].astype(str).str.strip()
+        if len(sel) and sel.str.fullmatch(r"[0-9]{1,9}").all():
+            numbers = sel.astype(int).to_numpy()
+            return numbers, [f"Selection {n}" for n in numbers]
+    numbers = np.arange(2, len(table) + 2)
+    return numbers, [f"line {n}" for n in numbers]
+
+
+def _check_numbers(path: Path, table: pd.DataFrame, column: str, ok: np.ndarray, names: list[str],
+                   rule: str) -> None:
+    """A ValueError naming the file and row of the first reviewed row whose ``column`` breaks ``rule``."""
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        i = int(bad[0])
+        more = f" (and {bad.size - 1} more row(s))" if bad.size > 1 else ""
+        raise ValueError(f"{path}, {names[i]}: {column} {table[column].iloc[i]!r} must be {rule}{more}; fix it "
+                         "or clear the row's Verdict")
+
+
 def read_review_tables(paths: list[str | Path]) -> pd.DataFrame:
     """Every row of the review tables in ``paths`` (files or folders), filled in or not.
 
-    Columns: table, row (1-based line in the table after the header), species, score,
-    begin_s, end_s, begin_path (absolute; a relative Begin Path is taken from the table's
-    folder), weight (Sample Weight, 1 when the column is missing: every detection reviewed),
-    verdict (stripped text; "" when not reviewed)."""
+    Columns: table, row (the row's Selection number, or its line in the file when the table
+    has no Selection numbers), row_name ("Selection 3" or "line 4", for messages), species,
+    score, begin_s, end_s, begin_path (absolute; a relative Begin Path is taken from the
+    table's folder), weight (Sample Weight, 1 when the column is missing: every detection
+    reviewed), verdict (stripped text; "" when not reviewed).
+
+    On rows with a verdict, a Score that is not a number in [0, 1] or a Sample Weight that is
+    not a finite number > 0 is an error naming the table and row: either would silently skew
+    the fitted thresholds. Rows without a verdict are not used and not checked."""
     frames = []
     for path in find_review_tables(paths):
         table = read_selection_table(path)
         missing = [c for c in ("Species", "Score", VERDICT_COLUMN) if c not in table.columns]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; a review table has Species, Score and Verdict")
-        try:
-            score = pd.to_numeric(table["Score"].str.strip(), errors="raise").astype(float)
-            weight = (pd.to_numeric(table[WEIGHT_COLUMN].str.strip(), errors="raise").astype(float)
-                      if WEIGHT_COLUMN in table.columns else pd.Series(1.0, index=table.index))
-        except ValueError as e:
-            raise ValueError(f"{path}: a Score or {WEIGHT_COLUMN} that is not a number ({e})") from e
+        verdict = table[VERDICT_COLUMN].astype(str).str.strip()
+        reviewed = verdict.ne("").to_numpy()
+        numbers, names = _row_names(table)
+        score = pd.to_numeric(table["Score"].astype(str).str.strip(), errors="coerce").astype(float)
+        s = score.to_numpy()
+        with np.errstate(invalid="ignore"):
+            _check_numbers(path, table, "Score", ~reviewed | (np.isfinite(s) & (s >= 0) & (s <= 1)), names,
+                           "a number from 0 to 1")
+        if WEIGHT_COLUMN in table.columns:
+            weight = pd.to_numeric(table[WEIGHT_COLUMN].astype(str).str.strip(), errors="coerce").astype(float)
+            w = weight.to_numpy()
+            with np.errstate(invalid="ignore"):
+                _check_numbers(path, table, WEIGHT_COLUMN, ~reviewed | (np.isfinite(w) & (w > 0)), names,
+                               "a number > 0 (how many of the scan's detections the row stands for)")
+        else:
+            weight = pd.Series(1.0, index=table.index)
         begin = table["Begin Path"].astype(str).str.strip() if "Begin Path" in table.columns else pd.Series("", index=table.index)
         frames.append(pd.DataFrame({
-            "table": str(path), "row": np.arange(1, len(table) + 1),
+            "table": str(path), "row": numbers, "row_name": names,
             "species": table["Species"].astype(str).str.strip(), "score": score,
             "begin_s": table["Begin Time (s)"], "end_s": table["End Time (s)"],
             "begin_path": [str(path.parent / b) if b and not Path(b).is_absolute() else b for b in begin],
-            "weight": weight, "verdict": table[VERDICT_COLUMN].astype(str).str.strip()}))
+            "weight": weight, "verdict": verdict}))
     return pd.concat(frames, ignore_index=True)
 
 

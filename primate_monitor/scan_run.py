@@ -297,12 +297,30 @@ def scanned_files(scan_dir: str | Path) -> list[tuple[str, Path]]:
     return files
 
 
+INDEX_COLUMNS = ("recording", "path", "status", "duration_s", "recording_start")  # what the readers of the index use
+
+
 def scanned_recordings(scan_dir: str | Path) -> pd.DataFrame:
-    """Rows of OUT/recordings.csv for recordings that were scanned (ok or partial), in plan order."""
+    """Rows of OUT/recordings.csv for recordings that were scanned (ok or partial), in plan order.
+
+    The file may have been edited or damaged (opened and saved with ';', emptied): one that
+    cannot be parsed or lacks a column is a DataError naming it, not a KeyError deep in
+    summarize, evaluate-events, review or calibrate."""
+    from .data import DataError
+
     path = Path(scan_dir) / "recordings.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{scan_dir}: not a scan output folder (no recordings.csv)")
-    table = pd.read_csv(path, keep_default_na=False)
+    # a rerun scan finds every recording done and rebuilds the file from the state (finalize)
+    fix = (f"rerun the scan command that made this folder, with the same options, to rebuild it from {STATE_DIR}"
+           if ScanState(scan_dir).exists() else "scan the recordings again into a new folder")
+    try:
+        table = pd.read_csv(path, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the scan's recordings table ({e}); {fix}") from e
+    missing = [c for c in INDEX_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: not a scan's recordings table, missing column(s) {missing}; {fix}")
     return table[table["status"] != "failed"].reset_index(drop=True)
 
 

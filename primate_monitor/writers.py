@@ -78,7 +78,14 @@ class ResultWriter:
 
     def write_all(self, events: pd.DataFrame, recordings: Sequence[tuple[str, str]], out_dir: str | Path,
                   meta: Mapping[str, Any] | None = None) -> list[Path]:
-        """Write the run's outputs under ``out_dir``; returns the paths written.
+        """Write the run's outputs under ``out_dir`` (the files ``targets`` names); returns the
+        paths written."""
+        return [self.write(frame, path, meta) for path, frame in self.targets(events, recordings, out_dir)]
+
+    def targets(self, events: pd.DataFrame, recordings: Sequence[tuple[str, str]],
+                out_dir: str | Path) -> list[tuple[Path, pd.DataFrame]]:
+        """(path, events) of every file ``write_all`` would write, without writing any, so a
+        caller can check first what the paths would replace.
 
         ``recordings`` are (relative, absolute) paths of every scanned file.
         Per-recording formats write ``out_dir/<relative><suffix>`` for each,
@@ -86,7 +93,7 @@ class ResultWriter:
         """
         out_dir = Path(out_dir)
         if not self.per_recording:
-            return [self.write(events, out_dir / f"events{self.suffix}", meta)]
+            return [(out_dir / f"events{self.suffix}", events)]
         _check_columns(events, ("recording",))
         rels = [rel for rel, _ in recordings]
         duplicates = sorted(rel for rel, n in Counter(rels).items() if n > 1)
@@ -103,7 +110,7 @@ class ResultWriter:
         for rel, name in names.items():
             if name != rel:
                 logger.warning("recording %r is written as %s under %s", rel, name, out_dir)
-        return [self.write(groups.get(rel, events.iloc[:0]), out_dir / f"{names[rel]}{self.suffix}", meta) for rel in rels]
+        return [(out_dir / f"{names[rel]}{self.suffix}", groups.get(rel, events.iloc[:0])) for rel in rels]
 
 
 class RavenWriter(ResultWriter):

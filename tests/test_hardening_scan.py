@@ -95,6 +95,26 @@ def test_overwrite_of_own_scan_keeps_foreign_files(tiny_checkpoint, tmp_path):
     assert set(read_parquet(out / "detections.parquet")["recording"]) <= {"a.wav"}
 
 
+@pytest.mark.parametrize("fmt, name", [("raven", "a.wav.selections.txt"), ("csv", "events.csv")])
+def test_export_refuses_to_replace_files_it_did_not_write(tiny_checkpoint, tmp_path, fmt, name):
+    """export into a folder holding a reviewed Raven table or the user's own events.csv stops
+    before writing anything and names the file; --overwrite replaces it."""
+    out = tmp_path / "out"
+    assert invoke(*scan_args(tiny_checkpoint, write_wav(tmp_path / "in" / "a.wav"), "-o", out)).exit_code == 0
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    mine = "Selection\tBegin Time (s)\tEnd Time (s)\tVerdict\n1\t1\t9\tyes\n"
+    (dest / name).write_text(mine)
+    result = invoke("export", out / "detections.parquet", "--format", fmt, "-o", dest)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert name in result.output and "--overwrite" in result.output
+    assert (dest / name).read_text() == mine
+    assert [p.name for p in dest.iterdir()] == [name]  # nothing else written either
+    result = invoke("export", out / "detections.parquet", "--format", fmt, "-o", dest, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "Verdict" not in (dest / name).read_text()
+
+
 def test_changed_file_is_scanned_again(tiny_checkpoint, tmp_path):
     """Item 3: a file scanned while still being copied (6 s of 20) is scanned again once complete."""
     folder = tmp_path / "in"
@@ -289,6 +309,34 @@ def test_detect_in_place_keeps_every_file_in_agreement(tiny_checkpoint, tmp_path
     assert len(read_parquet(out / "detections.parquet")) == len(events)  # nothing was put back
 
 
+def _folder_bytes(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_detect_in_place_with_a_damaged_windows_part_changes_nothing(tiny_checkpoint, tmp_path):
+    """A windows part that cannot be read stops detect before any file is rewritten (params,
+    Raven tables, events parts), the error names that part, and its advice works: with the
+    part deleted, the old scan command is accepted (same parameters) and rescores it."""
+    folder = tmp_path / "in"
+    write_wav(folder / "a.wav", seconds=10)
+    write_wav(folder / "b.wav", seconds=10, offset=8)
+    out = tmp_path / "out"
+    args = scan_args(tiny_checkpoint, folder, "-o", out, "--save-window-scores")
+    assert invoke(*args).exit_code == 0
+    state = ScanState(out)
+    damaged = state.part(state.plan()[0][-1], "windows")  # the last: the others were rewritten first
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    before = _folder_bytes(out)
+    result = invoke("detect", out, "--threshold", "0.7")
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert damaged.name in result.output and "b.wav" in result.output
+    assert _folder_bytes(out) == before
+    damaged.unlink()
+    rerun = invoke(*args)
+    assert rerun.exit_code == 0, rerun.output  # not refused as "different parameters"
+    assert invoke("detect", out, "--threshold", "0.7").exit_code == 0
+
+
 def test_detect_into_new_folder_is_a_complete_scan_folder(tiny_checkpoint, tmp_path):
     folder = tmp_path / "in"
     write_wav(folder / "a.wav", seconds=20)
@@ -338,6 +386,30 @@ def test_export_names_stay_under_out(tmp_path):
     assert written == ["__/__/escape.wav.selections.txt", "tmp/abs.wav.selections.txt"]
     assert not (tmp_path / "escape.wav.selections.txt").exists() and not Path("/tmp/abs.wav.selections.txt").exists()
     assert safe_relative("a/./../b") == "a/__/b" and printable("a\tb") == "a\\tb"
+
+
+@pytest.mark.parametrize("damage", ["semicolons", "empty"])
+def test_damaged_recordings_csv_is_a_clear_error(tiny_checkpoint, tmp_path, damage):
+    """recordings.csv saved with ';' (a spreadsheet's doing) or emptied: summarize and
+    evaluate-events exit 2 naming the file (and the missing columns), and rerunning the scan
+    rebuilds it from the scan state as it was."""
+    out = tmp_path / "out"
+    args = scan_args(tiny_checkpoint, write_wav(tmp_path / "in" / "20240312_053000.wav"), "-o", out)
+    assert invoke(*args).exit_code == 0
+    index = out / "recordings.csv"
+    good = index.read_bytes()
+    index.write_text(good.decode().replace(",", ";") if damage == "semicolons" else "")
+    truth = tmp_path / "20240312_053000.truth.selections.txt"
+    truth.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tSpecies\n1\t0\t3\tgibbon\n")
+    for command in (["summarize", out, "-o", tmp_path / "sum"], ["evaluate-events", out, truth]):
+        result = invoke(*command)
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert str(index) in result.output and "rerun the scan" in result.output
+        if damage == "semicolons":
+            assert "'status'" in result.output
+    assert invoke(*args).exit_code == 0
+    assert index.read_bytes() == good
+    assert invoke("summarize", out, "-o", tmp_path / "sum").exit_code == 0
 
 
 # --- messages --------------------------------------------------------------------------------

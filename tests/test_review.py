@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from primate_monitor.cli import main
 from primate_monitor.event_eval import is_match, read_truth
 from primate_monitor.raven import read_selection_table
-from primate_monitor.review import (VERDICT_COLUMN, ReviewOptions, choose_detections, clip_name, read_review_tables,
-                                    verdict_label)
+from primate_monitor.review import (REVIEW_HEADER, TABLE_SUFFIX, VERDICT_COLUMN, ReviewOptions, choose_detections,
+                                    clip_name, read_review_tables, verdict_label)
 
 ROOT = Path(__file__).parent.parent
 RECORDINGS = ROOT / "sample_data" / "recordings"
@@ -176,8 +176,114 @@ def test_unknown_verdict_is_an_error_for_train(small_review, tmp_path):
     lines = table.read_text().splitlines()
     lines[1] += "gorilla"
     table.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"row 1.*'gorilla'.*not yes, no or a known class"):
+    with pytest.raises(DataError, match=r"Selection 1.*'gorilla'.*not yes, no or a known class"):
         reviewed_clips([copy], {"gibbon", "chimpanzee", "titi_monkey", "background"}, TrainConfig())
+
+
+# ---- hostile review tables ---------------------------------------------------------------------
+def write_review_table(path: Path, rows: list[dict], sep: str = "\t", drop: tuple[str, ...] = ()) -> Path:
+    """A Raven review table as ``review`` writes it (REVIEW_HEADER), a row per dict overriding
+    the defaults; ``drop`` leaves columns out, ``sep`` is the delimiter."""
+    header = [c for c in REVIEW_HEADER if c not in drop]
+    lines = [sep.join(header)]
+    for i, over in enumerate(rows, start=1):
+        row = {"Selection": str(i), "View": "Spectrogram 1", "Channel": "1", "Begin Time (s)": f"{2.0 * i:.6f}",
+               "End Time (s)": f"{2.0 * i + 1:.6f}", "Low Freq (Hz)": "10.0", "High Freq (Hz)": "4000.0",
+               "Species": "gibbon", "Score": "0.8000", "Begin Path": "rec.wav", "File Offset (s)": f"{2.0 * i:.6f}",
+               "Mean Score": "0.7000", "Sample Weight": "1.0000", "Clip": "", "Verdict": "yes"} | over
+        lines.append(sep.join(row[c] for c in header))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("spoil", ["semicolons", "empty begin time", "empty file"])
+def test_overwrite_refuses_a_table_it_cannot_read(small_review, tmp_path, spoil):
+    import shutil
+
+    scan, out = small_review
+    copy = tmp_path / "review"
+    shutil.copytree(out, copy)
+    table = next((copy / "raven").glob(f"*{TABLE_SUFFIX}"))
+    lines = table.read_text().splitlines()
+    lines[1] += "no"  # a verdict, in a table review can no longer read
+    if spoil == "semicolons":  # a spreadsheet's "save as text"
+        text = "\n".join(line.replace("\t", ";") for line in lines) + "\n"
+    elif spoil == "empty begin time":
+        cells = lines[1].split("\t")
+        cells[3] = ""
+        text = "\n".join([lines[0], "\t".join(cells), *lines[2:]]) + "\n"
+    else:
+        text = ""
+    table.write_text(text)
+    result = cli("review", scan, "-o", copy, "--overwrite", "--no-sheets")
+    assert result.exit_code == 2, result.output
+    assert table.name in result.output and "cannot be read" in result.output and "move it" in result.output
+    assert table.read_text() == text  # the person's work is still there
+
+
+@pytest.mark.parametrize("spoil", ["semicolons", "empty file"])
+def test_unreadable_review_table_in_a_folder_is_an_error(tmp_path, spoil):
+    from primate_monitor.review import find_review_tables
+
+    folder = tmp_path / "raven"
+    good = write_review_table(folder / f"a.wav{TABLE_SUFFIX}", [{"Verdict": "yes"}, {"Verdict": "no"}])
+    unfilled = write_review_table(folder / f"c.wav{TABLE_SUFFIX}", [{"Verdict": ""}])
+    truth = folder / "a.selections.txt"  # a truth table beside them: not a review table, passed over
+    truth.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tSpecies\n1\t1.0\t2.0\tgibbon\n")
+    assert find_review_tables([folder]) == [good.resolve(), unfilled.resolve()]
+    bad = folder / f"b.wav{TABLE_SUFFIX}"
+    if spoil == "semicolons":
+        write_review_table(bad, [{"Verdict": "yes"}], sep=";")
+    else:
+        bad.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"b\.wav\.review\.selections\.txt.*no readable 'Verdict' column"):
+        find_review_tables([folder])
+    result = cli("calibrate", folder, "-o", tmp_path / "t.yaml", "--bootstrap", "0")
+    assert result.exit_code == 2 and bad.name in result.output
+    assert not (tmp_path / "t.yaml").exists()
+
+
+@pytest.mark.parametrize("column,value", [("Sample Weight", "-1"), ("Sample Weight", "0"), ("Sample Weight", ""),
+                                          ("Sample Weight", "inf"), ("Sample Weight", "nan"), ("Score", "1.335"),
+                                          ("Score", "-0.1"), ("Score", ""), ("Score", "nan")])
+def test_impossible_score_or_weight_on_a_reviewed_row_is_an_error(tmp_path, column, value):
+    rows = [{"Verdict": "yes"}, {"Verdict": "no", column: value}, {"Verdict": "yes"}]
+    table = write_review_table(tmp_path / f"r.wav{TABLE_SUFFIX}", rows)
+    with pytest.raises(ValueError, match=rf"r\.wav\.review\.selections\.txt, Selection 2: {column} '{value}'"):
+        read_review_tables([table])
+    # the same value on a row nobody reviewed is not used, so it is no error
+    rows[1]["Verdict"] = ""
+    read = read_review_tables([write_review_table(table, rows)])
+    assert list(read["verdict"]) == ["yes", "", "yes"]
+
+
+def test_review_unknown_species_is_an_error(small_review, tmp_path):
+    scan, _ = small_review
+    model = json.loads((scan / "run.json").read_text())["model"]
+    out = tmp_path / "review"
+    result = cli("review", scan, "-o", out, "--species", "gibon,chimpanzee")
+    assert result.exit_code == 2
+    assert "'gibon'" in result.output and "'chimpanzee'" not in result.output
+    listed = result.output.split("its species:", 1)[1]
+    species = [c for c in model["classes"] if c != "background"]
+    assert len(species) >= 2 and all(c in listed for c in species) and "background" not in listed
+    assert not (out / "review.csv").exists()
+
+
+def test_verdict_errors_name_the_selection_a_person_sees(tmp_path):
+    from primate_monitor.calibrate import verdicts_from_tables
+
+    # Selection 2 deleted in Raven: the bad verdict sits on the file's second data row, Selection 3
+    rows = [{"Selection": "1"}, {"Selection": "3", "Verdict": "yse"}, {"Selection": "4"}]
+    table = write_review_table(tmp_path / f"r.wav{TABLE_SUFFIX}", rows)
+    with pytest.raises(ValueError, match=r"r\.wav\.review\.selections\.txt, Selection 3: verdict 'yse'"):
+        verdicts_from_tables([table])
+    assert list(read_review_tables([table])["row"]) == [1, 3, 4]
+    # no Selection column: the line in the file, the header being line 1
+    plain = write_review_table(tmp_path / f"p.wav{TABLE_SUFFIX}", rows, drop=("Selection",))
+    with pytest.raises(ValueError, match=r"p\.wav\.review\.selections\.txt, line 3: verdict 'yse'"):
+        verdicts_from_tables([plain])
 
 
 # ---- the loop, end to end on real audio -----------------------------------------------------------
