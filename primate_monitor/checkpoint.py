@@ -163,8 +163,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                 raise ValueError("bad header length")
             header = json.loads(f.read(header_len))
         meta = json.loads(header["__metadata__"][METADATA_KEY])
+        data_end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a primate-monitor checkpoint (no safetensors header with our metadata)") from e
+    # the header is whole but the weights may not be (a copy cut short): say so now, not at load
+    missing = 8 + header_len + data_end - path.stat().st_size
+    if missing > 0:
+        raise CheckpointError(f"{path}: truncated, {missing} bytes of its weights are missing; copy it again")
     return meta
 
 

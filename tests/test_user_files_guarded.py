@@ -129,3 +129,17 @@ def test_a_folder_or_a_missing_folder_as_a_one_file_output_is_a_clear_error(tmp_
         assert result.exit_code == 2 and message in result.output, result.output
         assert ".tmp" not in result.output
     assert not (tmp_path / "calibration").exists() and not any((tmp_path / "here").iterdir())
+
+
+# ---- a checkpoint cut short ----------------------------------------------------------------------
+def test_a_checkpoint_cut_short_is_named_truncated_before_its_weights_are_needed(tiny_checkpoint, tmp_path):
+    """``info`` on a copy cut short printed the whole metadata (exit 0); the damage showed only at
+    load. The header states where every tensor ends, so a short file is now caught at once."""
+    from primate_monitor.checkpoint import CheckpointError
+
+    cut = tmp_path / "cut.safetensors"
+    data = tiny_checkpoint.read_bytes()
+    cut.write_bytes(data[: len(data) - 1000])
+    with pytest.raises(CheckpointError, match="truncated, 1000 bytes"):
+        read_metadata(cut)
+    assert read_metadata(tiny_checkpoint)["classes"]  # a whole one still reads
