@@ -87,6 +87,14 @@ def fill_verdicts(review_dir: Path, truth_tables: dict[str, Path], only: set[str
     return counts
 
 
+def fit_half(stems: list[str]) -> set[str]:
+    """The recordings (file stems) whose verdicts are filled in with --holdout: a seeded random
+    half. Why random: the calibration recordings cycle species by file, so every other file
+    would split them by species. Importable, so that a later check can judge the same other half."""
+    stems = sorted(stems)
+    return set(np.random.default_rng(0).permutation(stems)[: len(stems) // 2])
+
+
 def evaluate(detections: Path, truth: list[Path], out: Path) -> dict:
     cli("evaluate-events", str(detections), *map(str, truth), "-o", str(out))
     return json.loads(out.read_text())
@@ -125,8 +133,7 @@ def main() -> None:
     recordings = list(pd.read_csv(scan / "recordings.csv")["recording"])
     truth = {Path(rec).stem: table for rec, table in truth_by_recording(tables, recordings).items()}
     stems = sorted(Path(r).stem for r in recordings)
-    # a seeded random half: the calibration recordings cycle species by file, so every other file would split them by species
-    fit = set(np.random.default_rng(0).permutation(stems)[: len(stems) // 2]) if args.holdout else set(stems)
+    fit = fit_half(stems) if args.holdout else set(stems)
     judge = [table for stem, table in truth.items() if not args.holdout or stem not in fit]
 
     review = work / "review"
