@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import yaml
 
 from .models import MODELS
+from .yaml_strict import load_yaml
 
 
 # How a clip shorter than clip_seconds fills the window (primate_monitor.clipaudio.pad_train).
@@ -215,7 +216,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Train
     values: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = load_yaml(Path(path).read_text())
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"{path}: cannot read config: {e}") from e
         if loaded is not None and not isinstance(loaded, dict):

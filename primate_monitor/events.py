@@ -144,9 +144,11 @@ def load_thresholds_file(path: str | Path) -> dict[str, float]:
     """
     import yaml
 
+    from .yaml_strict import load_yaml
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: cannot read thresholds file: {e}") from e
     if isinstance(data, dict) and "thresholds" in data:

@@ -143,3 +143,22 @@ def test_a_checkpoint_cut_short_is_named_truncated_before_its_weights_are_needed
     with pytest.raises(CheckpointError, match="truncated, 1000 bytes"):
         read_metadata(cut)
     assert read_metadata(tiny_checkpoint)["classes"]  # a whole one still reads
+
+
+# ---- YAML written by hand: a key given twice -------------------------------------------------------
+def test_a_key_given_twice_in_a_config_or_thresholds_file_is_an_error(tmp_path):
+    """PyYAML keeps the last of two equal keys without a word: ``gibbon: 0.7`` then ``gibbon: 0.2``
+    silently scanned gibbon at 0.2."""
+    from primate_monitor.config import ConfigError, load_config
+    from primate_monitor.events import load_thresholds_file
+
+    thresholds = tmp_path / "thresholds.yaml"
+    thresholds.write_text("thresholds:\n  gibbon: 0.7\n  chimpanzee: 0.6\n  gibbon: 0.2\n")
+    with pytest.raises(ValueError, match=r"(?s)thresholds\.yaml.*'gibbon' is given twice.*line 4"):
+        load_thresholds_file(thresholds)
+    config = tmp_path / "run.yaml"
+    config.write_text("iterations: 100\nlr: 0.001\nlr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"(?s)run\.yaml.*'lr' is given twice"):
+        load_config(config)
+    thresholds.write_text("thresholds:\n  gibbon: 0.7\n  chimpanzee: 0.6\n")  # distinct keys still read
+    assert load_thresholds_file(thresholds) == {"gibbon": 0.7, "chimpanzee": 0.6}
