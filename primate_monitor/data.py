@@ -26,7 +26,7 @@ import pandas as pd
 
 from .audio import AudioReadError, find_audio_files, probe
 from .config import TrainConfig
-from .fsutil import printable
+from .fsutil import from_printable, printable
 from .raven import read_selection_table
 
 logger = logging.getLogger(__name__)
@@ -329,6 +329,8 @@ def reviewed_clips(paths: list[str | Path], known: set[str] | list[str], config:
         if not r.begin_path:
             raise DataError(f"{where}: no Begin Path, so the recording to cut the clip from is unknown")
         audio = Path(r.begin_path)
+        if not audio.is_file() and "\\" in r.begin_path:  # review wrote a tab or non-UTF-8 name escaped
+            audio = Path(from_printable(r.begin_path))
         if not audio.is_file():
             raise DataError(f"{where}: recording {printable(r.begin_path)} not found")
         begin, end = float(r.begin_s), float(r.end_s)

@@ -110,6 +110,17 @@ def printable(text: str) -> str:
                    for ch in decoded)
 
 
+def from_printable(text: str) -> str:
+    """The file name ``printable`` made ``text`` from (its backslash escapes turned back into
+    bytes). Why: review writes a recording's path in its printable form, so a name with a tab or
+    invalid UTF-8 must be mapped back to the real file when the table is read again. Callers try
+    it only when ``text`` itself names no file: a real name may hold a backslash, and a C1
+    control character (U+0080-U+009F) is escaped like the invalid byte of the same value."""
+    import codecs
+
+    return os.fsdecode(codecs.escape_decode(text.encode("utf-8"))[0])
+
+
 def safe_relative(name: str) -> str:
     """A relative posix path that stays under its output folder: no absolute root, no ``..``
     or ``.`` parts, printable (see ``printable``). Names come from data (a Parquet column), so

@@ -162,3 +162,44 @@ def test_a_key_given_twice_in_a_config_or_thresholds_file_is_an_error(tmp_path):
         load_config(config)
     thresholds.write_text("thresholds:\n  gibbon: 0.7\n  chimpanzee: 0.6\n")  # distinct keys still read
     assert load_thresholds_file(thresholds) == {"gibbon": 0.7, "chimpanzee": 0.6}
+
+
+# ---- review tables name recordings in printable form -----------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=40).filter(lambda b: not set(b) & {0, ord("/"), ord("\\")}))
+def test_from_printable_gives_back_any_file_name_without_a_backslash(raw):
+    """Except C1 control characters (U+0080-U+009F, valid UTF-8 but never in a recorder's names):
+    printable writes them as \x80 too, the same as the invalid byte 0x80."""
+    import os
+
+    from primate_monitor.fsutil import from_printable, printable
+
+    name = os.fsdecode(raw)
+    if any("\x80" <= ch <= "\x9f" for ch in name):
+        return
+    assert from_printable(printable(name)) == name
+
+
+def test_reviewed_rows_find_recordings_whose_names_hold_a_tab_or_non_utf8_bytes(tmp_path):
+    """``review`` writes Begin Path in printable form (``Estaci\\xf3n``), and ``train
+    --add-reviewed`` then said "recording ... not found" for a file that exists."""
+    import os
+
+    from primate_monitor.config import TrainConfig
+    from primate_monitor.data import reviewed_clips
+    from primate_monitor.fsutil import printable
+
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    real = os.fsdecode(os.fsencode(str(folder)) + b"/Estaci\xf3n\there.wav")
+    shutil.copy(RECORDING, real)
+    table = _review_table(tmp_path / "review", "chimpanzee", "6.0", "9.0", "yes")
+    text = table.read_text(encoding="utf-8").replace(str(RECORDING), printable(real))
+    assert "\\xf3" in text and "\\t" in text
+    table.write_text(text, encoding="utf-8")
+    clips = reviewed_clips([table.parent], KNOWN, TrainConfig())
+    assert {str(c.path) for c in clips} == {real}
