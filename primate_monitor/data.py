@@ -337,7 +337,9 @@ def reviewed_clips(paths: list[str | Path], known: set[str] | list[str], config:
         if not (math.isfinite(begin) and math.isfinite(end) and 0 <= begin <= end):
             raise DataError(f"{where}: the selection's times ({begin:g} s to {end:g} s) are not a stretch of a "
                             "recording (they must be finite, from 0 s on, and end after they begin)")
-        if path_seconds.setdefault(audio, _seconds(audio, where)) < begin:
+        if audio not in path_seconds:  # one header read per recording, not per row
+            path_seconds[audio] = _seconds(audio, where)
+        if path_seconds[audio] < begin:
             raise DataError(f"{where}: the selection begins at {begin:g} s, after the end of {printable(str(audio))} "
                             f"({path_seconds[audio]:.3f} s)")
         centre = (begin + end) / 2
