@@ -327,19 +327,19 @@ def _detections_path(path: Path) -> Path:
 def evaluate_events_cmd(detections: Path, truth: tuple[Path, ...], label_column: str, out: Path | None) -> None:
     """Event-level precision/recall/F1 of DETECTIONS (scan folder or .parquet) against Raven
     TRUTH tables (files, or folders searched for *.selections.txt)."""
-    from .event_eval import evaluate_events, find_truth_tables, scan_classes
-    from .scan_run import scan_index
-    from .writers import read_parquet
-
+    from .event_eval import evaluate_events, find_truth_tables
     from .fsutil import check_output_file, write_json
+    from .scan_run import scan_index
+    from .writers import model_species, read_parquet
 
     try:
         if out is not None:
             check_output_file(out)
         tables = find_truth_tables(list(truth))
         events_path = _detections_path(detections)
-        result = evaluate_events(read_parquet(events_path), tables, label_column, scan_index(events_path.parent),
-                                 classes=scan_classes(events_path.parent))
+        events = read_parquet(events_path)
+        result = evaluate_events(events, tables, label_column, scan_index(events_path.parent),
+                                 classes=model_species(events)[0] or None)
         if out is not None:
             write_json(out, result)
     except (*USER_ERRORS, OSError) as e:

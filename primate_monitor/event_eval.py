@@ -12,7 +12,6 @@ detection of the same call counts as a false positive.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -77,17 +76,6 @@ def read_truth(path: str | Path, label_column: str = "Species") -> pd.DataFrame:
     return pd.DataFrame({"begin_s": table["Begin Time (s)"], "end_s": table["End Time (s)"], "species": species})
 
 
-def scan_classes(scan_dir: str | Path) -> list[str] | None:
-    """The classes of the model a scan ran with (its run.json), or None when that is not known:
-    a truth species outside them can never be detected, which is worth a warning."""
-    try:
-        model = json.loads((Path(scan_dir) / "run.json").read_text(encoding="utf-8")).get("model") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    classes = model.get("classes") if isinstance(model, dict) else None
-    return [str(c) for c in classes] if isinstance(classes, list) else None
-
-
 def _truth_recording(table: Path, recordings: list[str]) -> str | None:
     """The recording a truth table belongs to: the one whose file stem, followed by ".", starts
     the table's name (``rec.wav`` ← ``rec.truth.selections.txt``). Several recordings with that
@@ -138,8 +126,8 @@ def evaluate_events(detections: pd.DataFrame, truth_tables: list[Path], label_co
     ``recordings`` (the scan's recordings.csv: recording, duration_s) lets a recording with a
     truth table but no detections count, for its missed calls, and gives the hours of audio
     for false detections per hour. Without it only recordings with detections can be matched.
-    ``classes`` (the scan model's, ``scan_classes``) turns a truth species the model does not
-    have into a warning.
+    ``classes`` (the scan model's, ``writers.model_species``) turns a truth species the model
+    does not have into a warning.
     The macro average is over every species in the truth or the detections: a species detected
     where the truth has none counts with precision 0, not left out.
     """

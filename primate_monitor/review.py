@@ -39,7 +39,7 @@ import pandas as pd
 
 from .fsutil import atomic_write, ensure_output_dir, printable, safe_relative, write_csv, write_json
 from .raven import read_selection_table
-from .writers import RAVEN_CHANNEL, RAVEN_HEADER, RAVEN_VIEW
+from .writers import RAVEN_CHANNEL, RAVEN_HEADER, RAVEN_VIEW, model_species
 
 logger = logging.getLogger(__name__)
 
@@ -186,23 +186,12 @@ def _check_out(out: Path, overwrite: bool) -> None:
                              "review never overwrites a filled-in table")
 
 
-def scan_species(scan_dir: Path, events: pd.DataFrame) -> set[str]:
-    """The species a scan can have detected: the model's classes but its reject class (from the
-    scan state, else the run parameters in detections.parquet), and every species detected.
+def scan_species(events: pd.DataFrame) -> set[str]:
+    """The species a scan can have detected: the model's classes but its reject class (the run
+    parameters in detections.parquet), and every species detected.
     Why: a misspelt ``--species`` must be an error, not an empty review."""
-    from .scan_state import ScanState
-
-    meta: dict[str, Any] = {}
-    state = ScanState(scan_dir)
-    try:
-        meta = state.meta() if state.exists() else {}
-    except (OSError, ValueError):
-        meta = {}
-    model = meta.get("model") or {}
-    params = events.attrs.get("primate_monitor", {}) or {}
-    classes = model.get("classes") or params.get("classes") or []
-    reject = model.get("reject_class") or params.get("reject_class")
-    return {str(c) for c in classes if c != reject} | {str(sp) for sp in events["species"].unique()}
+    classes, reject = model_species(events)
+    return {c for c in classes if c != reject} | {str(sp) for sp in events["species"].unique()}
 
 
 def review_scan(scan_dir: str | Path, out: str | Path, options: ReviewOptions | None = None,
@@ -220,7 +209,7 @@ def review_scan(scan_dir: str | Path, out: str | Path, options: ReviewOptions | 
         raise FileNotFoundError(f"{scan_dir}: not a scan output folder (no detections.parquet)")
     events = read_parquet(detections)
     if options.species is not None:
-        known = scan_species(scan_dir, events)
+        known = scan_species(events)
         unknown = [sp for sp in options.species if sp not in known]
         if unknown:
             raise ValueError(f"species {', '.join(map(repr, unknown))} not in the scan {scan_dir}; its species: "

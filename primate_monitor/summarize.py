@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .fsutil import atomic_write, ensure_output_dir, write_json
-from .writers import METADATA_KEY, read_parquet
+from .writers import METADATA_KEY, model_species, read_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +159,10 @@ class Summary:
 def _scan_species(events: pd.DataFrame, options: SummaryOptions) -> list[str]:
     if options.species:
         return list(options.species)
-    params = events.attrs.get(METADATA_KEY, {})
-    classes = params.get("report_classes") or params.get("classes")
+    classes, reject = model_species(events)
+    classes = events.attrs.get(METADATA_KEY, {}).get("report_classes") or classes
     if classes:
-        return [c for c in classes if c != params.get("reject_class")]
+        return [c for c in classes if c != reject]
     logger.warning("detections.parquet records no classes: only species with a detection get a history")
     return sorted(events["species"].unique())
 

@@ -228,6 +228,15 @@ def write_parquet(events: pd.DataFrame, path: str | Path, metadata: Mapping[str,
     return ParquetWriter().write(events, path, metadata)
 
 
+def model_species(events: pd.DataFrame) -> tuple[list[str], str | None]:
+    """(classes, reject class) of the model a scan ran with, from the run parameters that
+    ``read_parquet`` put in ``events.attrs``; ([], None) when the file records none. Why one
+    reader: review, evaluate-events and summarize each check names against the model's species."""
+    params = events.attrs.get(METADATA_KEY) or {}
+    classes = params.get("classes")
+    return ([str(c) for c in classes] if isinstance(classes, list) else []), params.get("reject_class")
+
+
 def read_parquet(path: str | Path) -> pd.DataFrame:
     """Read an events Parquet file; the run parameters are in ``.attrs[METADATA_KEY]`` (a dict)."""
     path = Path(path)
