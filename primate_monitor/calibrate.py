@@ -28,6 +28,16 @@ Per species:
 
 Too few verdicts (fewer than ``min_verdicts``, or fewer than ``min_each`` correct or wrong)
 give no threshold and a message saying how many more are needed: never a silent guess.
+
+**A species none of whose verdicts is correct is switched off** (threshold 1, which
+``events.passing`` never passes), when there are at least ``min_each`` verdicts and even the
+one-sided 95 % upper bound on its precision, 1 - 0.05**(1/n) for 0 correct of n, is below the
+target. Why: a species that does not live at the site (the issue's Bornean test: titi, howler
+and chimpanzee made 41 of 65 false detections) can never get the correct verdicts a fit needs,
+so "review 3 more correct" would be advice nobody can follow, while the evidence already rules
+out the target precision at every threshold. A species with even one correct verdict is never
+switched off: a reviewer saw it detected, and losing it is a decision for the user
+(``--classes``), not for a fit. ``switch_off=False`` (``--no-switch-off``) keeps the old rule.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .events import OFF_THRESHOLD
 from .fsutil import atomic_write, printable
 
 logger = logging.getLogger(__name__)
@@ -63,6 +74,7 @@ class CalibrationOptions:
     seed: int = 0
     min_verdicts: int = MIN_VERDICTS
     min_each: int = MIN_EACH
+    switch_off: bool = True  # threshold 1 ("off") for a species with no correct verdict (module docstring)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.precision < 1.0:
@@ -181,15 +193,40 @@ def need_message(species: str, n: int, yes: int, no: int, options: CalibrationOp
             "no threshold written")
 
 
+def precision_upper_bound(n_wrong: int) -> float:
+    """One-sided 95 % upper confidence bound on P(correct) when none of ``n_wrong`` verdicts is
+    correct: the p at which seeing no correct verdict in n has probability 0.05 (exact binomial,
+    (1 - p)**n = 0.05; about 3/n, the "rule of three")."""
+    return 1.0 - 0.05 ** (1.0 / n_wrong)
+
+
+def switched_off(species: str, scores: np.ndarray, yes: int, options: CalibrationOptions) -> dict[str, Any] | None:
+    """The record of a species switched off (threshold 1), or None when the rule does not apply:
+    no verdict correct, at least ``min_each`` verdicts, and the precision bound below the target."""
+    n = len(scores)
+    if not options.switch_off or yes or n < options.min_each or precision_upper_bound(n) >= options.precision:
+        return None
+    bound = precision_upper_bound(n)
+    return {"threshold": OFF_THRESHOLD, "off": True, "precision_upper_95": round(bound, 4),
+            "reason": f"{species}: none of {n} verdicts is correct (scores {scores.min():.2f}-{scores.max():.2f}), so its "
+                      f"precision is below {bound:.2f} (95 % upper bound) at any threshold, under the target "
+                      f"{options.precision}: switched off (threshold 1, never reported). If it does occur at this "
+                      "site, review more of its detections, or delete its line under 'thresholds:'"}
+
+
 def calibrate_species(species: str, verdicts: pd.DataFrame, options: CalibrationOptions) -> dict[str, Any]:
     """The fitted record of one species (see the module docstring); ``threshold`` is None, with a
-    ``reason``, when there are too few verdicts or the target cannot be reached."""
+    ``reason``, when there are too few verdicts or the target cannot be reached, and 1 (``off``,
+    with a ``reason``) when no verdict is correct and that rules the target out."""
     s = verdicts["score"].to_numpy(float)
     y = verdicts["correct"].to_numpy(bool)
     w = verdicts["weight"].to_numpy(float)
     n, yes = len(y), int(y.sum())
     record: dict[str, Any] = {"n": n, "positives": yes, "negatives": n - yes, "method": METHOD,
                               "target_precision": options.precision}
+    off = switched_off(species, s, yes, options)
+    if off:
+        return record | off
     reason = need_message(species, n, yes, n - yes, options)
     if reason:
         return record | {"threshold": None, "reason": reason}
@@ -249,6 +286,7 @@ def write_thresholds(fitted: dict[str, dict[str, Any]], path: str | Path, source
            "fitted": fitted}
     header = (f"# primate-monitor calibrate, from {source}\n"
               "# thresholds: species -> the peak score a detection needs (scan/detect --thresholds-file);\n"
+              "#   1 switches a species off (no reviewed detection of it was correct)\n"
               "# fitted: how each was found, or why a species got none\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
@@ -276,7 +314,9 @@ def plot_calibration(species: str, verdicts: pd.DataFrame, record: dict[str, Any
         ax.plot(grid, predict(grid, record["intercept"], record["slope_logit"]), color="C0", label="fitted P(correct | score)")
         t, prec = precision_above(s, predict(s, record["intercept"], record["slope_logit"]), verdicts["weight"].to_numpy(float))
         ax.step(t, prec, where="post", color="C1", ls="--", label="fitted precision at or above")
-    if record.get("threshold") is not None:
+    if record.get("off"):
+        ax.axvline(OFF_THRESHOLD, color="C3", label="switched off (threshold 1)")
+    elif record.get("threshold") is not None:
         ax.axvline(record["threshold"], color="C3", label=f"threshold {record['threshold']:.3f}")
         if "interval" in record and all(np.isfinite(record["interval"])):
             ax.axvspan(*record["interval"], color="C3", alpha=0.15, label="95 % bootstrap interval")
@@ -285,7 +325,8 @@ def plot_calibration(species: str, verdicts: pd.DataFrame, record: dict[str, Any
     ax.set_ylabel("P(correct)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"{species}: {record['n']} verdicts, {record['positives']} correct"
-                 + ("" if record.get("threshold") is not None else " (no threshold)"))
+                 + (" (switched off)" if record.get("off") else "" if record.get("threshold") is not None
+                    else " (no threshold)"))
     ax.legend(fontsize=7, loc="lower right")
     return save_figure(fig, path)
 

@@ -188,7 +188,7 @@ def _event_options(thresholds: tuple[str, ...], classes: str | None, min_windows
 
 EVENT_OPTIONS = [
     click.option("--threshold", "thresholds", multiple=True, metavar="T|SPECIES=T",
-                 help="Score threshold, default 0.5; per class as chimpanzee=0.7. Repeatable."),
+                 help="Score threshold, default 0.5; per class as chimpanzee=0.7; 1 switches a species off. Repeatable."),
     click.option("--thresholds-file", type=click.Path(path_type=Path), default=None,
                  help="YAML of per-species thresholds (calibrate's thresholds.yaml, or 'species: T'); "
                       "--threshold SPECIES=T overrides a species in it."),

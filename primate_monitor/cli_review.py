@@ -83,18 +83,22 @@ def review(scan_dir: Path, out: Path, per_bin: int, bins: int, seed: int, take_a
               help="Fewest verdicts a species needs for a threshold.")
 @click.option("--min-each", default=3, show_default=True, type=click.IntRange(min=1),
               help="Fewest correct and fewest wrong verdicts a species needs.")
+@click.option("--switch-off/--no-switch-off", default=True, show_default=True,
+              help="Switch off (threshold 1) a species none of whose verdicts is correct, when that rules out "
+                   "the target precision (at least --min-each verdicts).")
 @click.option("--classes", default=None, help="Comma-separated class names a verdict may name besides those in the tables.")
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), default=None,
               help="Folder for the calibration PNGs (default: 'calibration' beside OUT).")
 def calibrate(reviewed: tuple[Path, ...], out: Path, scan_dir: Path | None, truth: tuple[Path, ...], label_column: str,
-              target: float, bootstrap: int, seed: int, min_verdicts: int, min_each: int, classes: str | None,
-              plots_dir: Path | None) -> None:
+              target: float, bootstrap: int, seed: int, min_verdicts: int, min_each: int, switch_off: bool,
+              classes: str | None, plots_dir: Path | None) -> None:
     """Per-species thresholds from REVIEWED tables (files or folders), or from --scan and --truth.
 
     Fits P(correct | score) by logistic regression on logit(score) and writes, per species, the
     lowest threshold whose detections reach the target precision, with a bootstrap interval and
     the share of true detections it loses, plus a calibration plot. A species with too few
-    verdicts gets no threshold and a message saying how many more are needed.
+    verdicts gets no threshold and a message saying how many more are needed. A species none of
+    whose verdicts is correct (one that does not live at the site) is switched off: threshold 1.
     """
     from .calibrate import CalibrationOptions, calibrate_to_files, verdicts_from_tables, verdicts_from_truth
 
@@ -119,12 +123,14 @@ def calibrate(reviewed: tuple[Path, ...], out: Path, scan_dir: Path | None, trut
             verdicts = verdicts_from_tables(list(reviewed), known)
             source = f"review tables {', '.join(map(str, reviewed))}"
         options = CalibrationOptions(precision=target, bootstrap=bootstrap, seed=seed, min_verdicts=min_verdicts,
-                                     min_each=min_each)
+                                     min_each=min_each, switch_off=switch_off)
         fitted = calibrate_to_files(verdicts, out, options, plots_dir, source)
     except (*user_errors, OSError) as e:
         fail(e)
     for species, r in fitted.items():
-        if r.get("threshold") is None:
+        if r.get("off"):
+            click.echo(r["reason"])
+        elif r.get("threshold") is None:
             click.echo(f"  {r['reason']}", err=True)
         else:
             lo, hi = r.get("interval", [float("nan")] * 2)
@@ -132,7 +138,8 @@ def calibrate(reviewed: tuple[Path, ...], out: Path, scan_dir: Path | None, trut
                        f"{r['positives']} correct; fitted precision {r['precision_fitted']:.3f}, loses "
                        f"{100 * r['lost_true_reviewed']:.0f} % of the reviewed true detections")
     got = sum(r.get("threshold") is not None for r in fitted.values())
-    click.echo(f"{got} of {len(fitted)} species got a threshold -> {out}")
+    off = sum(bool(r.get("off")) for r in fitted.values())
+    click.echo(f"{got} of {len(fitted)} species got a threshold" + (f" ({off} switched off)" if off else "") + f" -> {out}")
 
 
 @click.command("set-thresholds")

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5  # score in [0, 1] at or above which a window is a detection
+# A threshold of 1 switches a species off: it is never reported. Why not "score >= 1": scores
+# saturate (a float32 sigmoid or softmax reaches exactly 1.0 for a confident window, and
+# float16 window scores do so from 0.99976), so ">= 1" would still report the loudest false
+# alarms of a species that calibrate found absent from a site (calibrate.py).
+OFF_THRESHOLD = 1.0
 # Window starts are floats (start_samples / sample_rate); windows that touch
 # exactly (hop == window) can show a gap of ~1e-15 s and must still merge.
 GAP_TOLERANCE_S = 1e-6
@@ -55,6 +60,16 @@ EVENT_DTYPES: dict[str, str] = {
 }
 
 
+def passing(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean mask of the scores that are detections at ``threshold``: score >= threshold,
+    and none at all when the threshold is OFF_THRESHOLD (1, "off"). Every place that applies a
+    threshold (events, summarize) uses this, so "off" means the same everywhere."""
+    scores = np.asarray(scores)
+    if threshold >= OFF_THRESHOLD:
+        return np.zeros(scores.shape, dtype=bool)
+    return scores >= threshold
+
+
 def _check_threshold(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise ValueError(f"threshold for {name} must be a number in [0, 1], got {value!r}")
@@ -68,7 +83,7 @@ def _check_threshold(name: str, value: float) -> float:
 class EventOptions:
     """How window scores become events. Validated on construction."""
 
-    threshold: float = DEFAULT_THRESHOLD  # default per-class score threshold, in [0, 1]
+    threshold: float = DEFAULT_THRESHOLD  # default per-class score threshold, in [0, 1]; 1 = off
     # per-class overrides, species -> threshold; stored read-only, excluded from hash
     class_thresholds: Mapping[str, float] = field(default_factory=dict, hash=False)
     classes: tuple[str, ...] | None = None  # only report these species (None = all but the reject class)
@@ -185,7 +200,7 @@ def empty_events() -> pd.DataFrame:
 def _species_events(starts_s: np.ndarray, window_s: float, duration_s: float, species_scores: np.ndarray,
                     threshold: float, max_gap_s: float) -> dict[str, np.ndarray] | None:
     """Events of one species as column arrays, or None if it has no detected window."""
-    idx = np.flatnonzero(species_scores >= threshold)
+    idx = np.flatnonzero(passing(species_scores, threshold))
     if idx.size == 0:
         return None
     s = starts_s[idx]
@@ -223,7 +238,7 @@ def detect_events(starts_s: np.ndarray, window_s: float, duration_s: float, scor
     duration_s: recording length in s (clips the last event's end); scores:
     (n_windows, n_classes) in ``classes`` order. A window is a detection of a
     species (not reject_class, selected by options.classes) when its score is
-    >= options.threshold_for(species). Per species, detections merge while
+    >= options.threshold_for(species), never when that threshold is 1 (off). Per species, detections merge while
     next start - current end <= options.max_gap_s (overlapping windows always
     merge). Returns columns EVENT_DTYPES, sorted by begin_s then species.
     """

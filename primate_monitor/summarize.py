@@ -12,7 +12,8 @@ was scanned) and ``SCAN_OUT/detections.parquet``. Rules, stated once:
   Two recorders at one site add up (recorder-hours).
 - **Detections** count towards the occasion and hour holding their ``begin_time``.
 - A cell of a detection history is **NA** when the site recorded nothing in that
-  occasion, **1** when a detection passed its species' threshold, else **0**.
+  occasion, **1** when a detection passed its species' threshold (a threshold of 1 switches
+  the species off, as in ``events.passing``), else **0**.
 - Recordings with no known start time cannot be placed in time: they are left out of
   every table, with a warning giving how many.
 - Occasions are aligned on local midnight of the first recorded day and run to the last
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .fsutil import atomic_write, ensure_output_dir, write_json
+from .events import passing
 from .writers import METADATA_KEY, model_species, read_parquet
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ class SummaryOptions:
     site_regex: str | None = None  # for site_from="regex": group "site", else group 1, else the match
     occasion: str = "1d"  # occasion length: "1d", "6h", "12h", "7d", ... (divides a day, or whole days)
     min_score: float = 0.0  # peak score a detection needs (species not in ``thresholds``)
-    thresholds: dict[str, float] = field(default_factory=dict)  # species -> peak score it needs
+    thresholds: dict[str, float] = field(default_factory=dict)  # species -> peak score it needs (1: off)
     utc_offset: str = "+00:00"  # local time = UTC + this
     species: tuple[str, ...] | None = None  # None: the scan's species (its classes less the reject class)
 
@@ -203,8 +205,10 @@ def summarize(scan_dir: str | Path, options: SummaryOptions | None = None) -> Su
 
     # detections: passing the threshold, of a timed recording, placed in local time
     site_by_rec = dict(zip(timed["recording"], timed["site"]))
-    need = events["species"].map(lambda s: options.thresholds.get(s, options.min_score))
-    kept = events[(events["peak_score"] >= need) & events["species"].isin(species)]
+    passed = np.zeros(len(events), dtype=bool)
+    for sp, rows in events.groupby("species").indices.items():  # events.passing: a threshold of 1 is "off"
+        passed[rows] = passing(events["peak_score"].to_numpy(float)[rows], options.thresholds.get(sp, options.min_score))
+    kept = events[passed & events["species"].isin(species)]
     kept = kept[kept["recording"].isin(site_by_rec) & kept["begin_time"].notna()].copy()
     kept["site"] = kept["recording"].map(site_by_rec)
     kept["local"] = (pd.to_datetime(kept["begin_time"], utc=True) + offset).dt.tz_localize(None)

@@ -4,6 +4,7 @@ and thresholds carried by a checkpoint."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from primate_monitor.calibrate import (CalibrationOptions, calibrate_species, calibrate_to_files, fit_curve,
-                                       precision_above, set_thresholds)
+                                       precision_above, precision_upper_bound, set_thresholds)
 from primate_monitor.checkpoint import CheckpointError, ModelInfo, load_checkpoint, read_metadata
 from primate_monitor.cli import main
 from primate_monitor.events import EventOptions, load_thresholds_file
@@ -60,6 +61,94 @@ def test_too_few_verdicts_say_how_many_more():
     assert record["threshold"] is None
     assert "6 verdict(s) (5 correct, 1 wrong)" in record["reason"]
     assert "4 more verdict(s)" in record["reason"] and "2 more wrong" in record["reason"]
+
+
+# ---- a species no verdict found correct: switched off --------------------------------------
+def test_upper_bound_is_the_exact_binomial_one():
+    for n in (1, 3, 10, 29, 100):
+        p = precision_upper_bound(n)
+        assert (1 - p) ** n == pytest.approx(0.05)  # seeing no correct verdict in n has probability 5 %
+    assert precision_upper_bound(100) == pytest.approx(3 / 100, rel=0.02)  # the rule of three
+
+
+def test_a_species_with_only_wrong_verdicts_is_switched_off():
+    record = calibrate_species("titi_monkey", verdicts([0.55, 0.8, 0.97], [0, 0, 0]), CalibrationOptions())
+    assert record["threshold"] == 1.0 and record["off"] is True
+    assert record["precision_upper_95"] == pytest.approx(1 - 0.05 ** (1 / 3), abs=1e-4)
+    assert "none of 3 verdicts is correct" in record["reason"] and "switched off" in record["reason"]
+    # two wrong verdicts are below --min-each: the old message, no threshold
+    two = calibrate_species("titi_monkey", verdicts([0.55, 0.97], [0, 0]), CalibrationOptions())
+    assert two["threshold"] is None and "more correct" in two["reason"] and "off" not in two
+    # --no-switch-off keeps the old rule
+    kept = calibrate_species("titi_monkey", verdicts([0.55, 0.8, 0.97], [0, 0, 0]), CalibrationOptions(switch_off=False))
+    assert kept["threshold"] is None and "3 more correct" in kept["reason"]
+
+
+def test_one_correct_verdict_keeps_a_species_on():
+    # a reviewer saw it detected: never switched off, however many wrong verdicts there are
+    record = calibrate_species("gibbon", verdicts(np.linspace(0.5, 0.99, 40), [1] + [0] * 39), CalibrationOptions())
+    assert record["threshold"] is None and "off" not in record and "2 more correct" in record["reason"]
+
+
+def test_switch_off_needs_the_bound_below_the_target():
+    # target 0.2: 5 wrong verdicts leave a bound of 0.45, so precision 0.2 is not ruled out; 15 leave 0.18
+    five = calibrate_species("gibbon", verdicts(np.linspace(0.5, 0.99, 5), [0] * 5), CalibrationOptions(precision=0.2))
+    assert five["threshold"] is None
+    fifteen = calibrate_species("gibbon", verdicts(np.linspace(0.5, 0.99, 15), [0] * 15),
+                                CalibrationOptions(precision=0.2))
+    assert fifteen["threshold"] == 1.0 and fifteen["off"]
+
+
+def test_switched_off_species_is_written_and_never_detected(tmp_path):
+    data = pd.concat([synthetic(300, -1.0, 2.0).assign(species="gibbon"),
+                      verdicts([0.6, 0.9, 0.99, 0.7], [0, 0, 0, 0], species="chimpanzee")], ignore_index=True)
+    out = tmp_path / "thresholds.yaml"
+    calibrate_to_files(data, out, CalibrationOptions(bootstrap=0))
+    assert load_thresholds_file(out)["chimpanzee"] == 1.0
+    assert "1 switches a species off" in out.read_text()
+    from primate_monitor.events import detect_events
+
+    # even a saturated score (float16 rounds 0.9999 up to 1.0) is not a detection at threshold 1
+    scores = np.array([[0.0, 1.0, 0.0], [0.0, 0.9999, 0.0]], dtype=np.float16)
+    options = EventOptions(class_thresholds=load_thresholds_file(out))
+    events = detect_events(np.array([0.0, 1.0]), 3.0, 4.0, scores, ("background", "chimpanzee", "gibbon"),
+                           "background", options)
+    assert events.empty
+
+
+def test_calibrate_and_detect_switch_off_an_absent_species_on_real_audio(tmp_path):
+    """The sample recordings scanned by the bundled model, judged against truth tables from which
+    every howler monkey row is removed: a site where howlers do not occur. Every howler detection
+    is then wrong, calibrate switches howler off, and detect drops it and keeps the rest."""
+    recordings = Path(__file__).parent.parent / "sample_data" / "recordings"
+    scan = tmp_path / "scan"
+    runner = CliRunner()
+    result = runner.invoke(main, ["-q", "scan", str(recordings), "-o", str(scan), "--save-window-scores"])
+    assert result.exit_code == 0, result.output
+    before = pd.read_parquet(scan / "detections.parquet")
+    assert (before["species"] == "howler_monkey").sum() >= 3
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    for table in recordings.glob("*.truth.selections.txt"):
+        lines = table.read_text().splitlines()
+        (truth / table.name).write_text("\n".join([lines[0]] + [x for x in lines[1:] if "howler_monkey" not in x]) + "\n")
+    thresholds = tmp_path / "thresholds.yaml"
+    result = runner.invoke(main, ["calibrate", "--scan", str(scan), "--truth", str(truth), "-o", str(thresholds),
+                                  "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    assert "howler_monkey: none of" in result.output and "switched off" in result.output
+    doc = yaml.safe_load(thresholds.read_text())
+    assert doc["thresholds"]["howler_monkey"] == 1.0 and doc["fitted"]["howler_monkey"]["off"] is True
+    redone = tmp_path / "redone"
+    result = runner.invoke(main, ["-q", "detect", str(scan), "--thresholds-file", str(thresholds), "-o", str(redone)])
+    assert result.exit_code == 0, result.output
+    after = pd.read_parquet(redone / "detections.parquet")
+    assert "howler_monkey" not in set(after["species"])
+    others = before[before["species"] != "howler_monkey"]
+    unchanged = [sp for sp in set(others["species"]) if sp not in doc["thresholds"]]
+    assert unchanged  # species with only correct verdicts got no threshold and keep every detection
+    for sp in unchanged:
+        assert (after["species"] == sp).sum() == (others["species"] == sp).sum()
 
 
 def test_scores_unrelated_to_correctness_give_no_threshold():

@@ -95,6 +95,16 @@ def test_class_filter_thresholds_and_min_windows() -> None:
     assert len(_detect(scores, hop=3.0, threshold=0.6, classes=("chimpanzee",))) == 1  # >= threshold counts
 
 
+def test_threshold_one_switches_a_species_off() -> None:
+    # scores saturate: exactly 1.0 (float32 or float16) must not pass a threshold of 1 ("off")
+    for dtype in (np.float32, np.float16):
+        scores = _scores([1.0, 0.2, 1.0], [1.0, 0.0, 0.0]).astype(dtype)
+        ev = _detect(scores, hop=3.0, class_thresholds={"chimpanzee": 1.0})
+        assert ev.species.tolist() == ["gorilla"]
+    assert _detect(_scores([1.0, 1.0]), threshold=1.0).empty
+    assert parse_thresholds(["chimpanzee=1"]) == (0.5, {"chimpanzee": 1.0})
+
+
 def test_nan_scores_are_not_detections() -> None:
     ev = _detect(_scores([np.nan, 0.9, np.nan]), hop=3.0)
     assert ev.n_windows.tolist() == [1]

@@ -201,3 +201,16 @@ def test_option_parsing():
 def test_cli_bad_site_prefix_is_a_usage_error(scan_dir, tmp_path):
     result = CliRunner().invoke(main, ["summarize", str(scan_dir), "-o", str(tmp_path / "s"), "--site-from", "prefix"])
     assert result.exit_code == 2 and "no site prefix" in result.output
+
+
+def test_a_threshold_of_one_switches_a_species_off(scan_dir):
+    # a saturated peak score (1.0) still does not pass a threshold of 1: the species is off
+    events = pd.read_parquet(scan_dir / "detections.parquet")
+    events.loc[events["species"] == "chimpanzee", "peak_score"] = 1.0
+    write_parquet(events, scan_dir / "detections.parquet",
+                  {"classes": CLASSES, "reject_class": "background", "report_classes": None})
+    history = summarize(scan_dir, SummaryOptions(thresholds={"chimpanzee": 1.0})).detection_history
+    chimp = history[history["species"] == "chimpanzee"]
+    assert set(chimp.iloc[:, 2:].stack().dropna().tolist()) == {0}
+    gibbon_a = history[(history["species"] == "gibbon") & (history["site"] == "A")].iloc[0, 2:].tolist()
+    assert gibbon_a[0] == 1  # other species keep their detections
