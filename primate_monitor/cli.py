@@ -359,11 +359,12 @@ def evaluate_events_cmd(detections: Path, truth: tuple[Path, ...], label_column:
 @click.argument("recording", type=click.Path(path_type=Path))
 @click.option("--truth", type=click.Path(path_type=Path), default=None, help="Raven truth table to draw too.")
 @click.option("--label-column", default="Species", show_default=True)
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="PNG to write.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Image to write: .png, .pdf, .svg or .jpg.")
 def plot(detections: Path, recording: Path, truth: Path | None, label_column: str, out: Path) -> None:
-    """Draw RECORDING's spectrogram with its detections (and truth boxes) as a PNG."""
+    """Draw RECORDING's spectrogram with its detections (and truth boxes) as an image."""
     from .event_eval import read_truth
-    from .plots import plot_detections
+    from .plots import image_format, plot_detections
     from .writers import read_parquet
 
     from .audio import AudioReadError
@@ -373,6 +374,7 @@ def plot(detections: Path, recording: Path, truth: Path | None, label_column: st
 
     try:
         check_output_file(out)
+        image_format(out)  # an unknown suffix fails before the spectrogram is computed
         events = read_parquet(_detections_path(detections))
         rel = find_recording(events, _detections_path(detections).parent, recording)
         mine = events[events["recording"] == rel]

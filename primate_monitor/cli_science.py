@@ -94,17 +94,20 @@ def probe(embeddings: Path, out: Path, kind: str, c: float, train_split: str, de
 
 @click.command()
 @click.argument("embeddings", type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="PNG to write.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Image to write: .png, .pdf, .svg or .jpg.")
 @click.option("--split", default=None, help="Only rows of this split (default: all).")
 @click.option("--max-points", default=5000, show_default=True, help="Subsample larger files (same share per label).")
 @click.option("--perplexity", default=30.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 def tsne(embeddings: Path, out: Path, split: str | None, max_points: int, perplexity: float, seed: int) -> None:
     """Draw a 2-D t-SNE map of EMBEDDINGS coloured by label."""
+    from .plots import image_format
     from .tsne_map import tsne_map
 
     user_errors, fail = _errors()
     try:
+        image_format(out)  # an unknown suffix fails before the map is computed
         path = tsne_map(embeddings, out, split, max_points, perplexity, seed)
     except user_errors as e:
         fail(e)

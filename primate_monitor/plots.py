@@ -27,10 +27,27 @@ def row_normalised(cm: np.ndarray) -> np.ndarray:
     return 100.0 * cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
 
 
+IMAGE_FORMATS = {"png": "png", "pdf": "pdf", "svg": "svg", "jpg": "jpg", "jpeg": "jpg"}
+
+
+def image_format(path: str | Path) -> str:
+    """The image format a figure path asks for, by its suffix (none: PNG). Why: the figure is
+    written to a temporary name and renamed, so matplotlib cannot guess the format from the
+    name, and ``-o timeline.jpg`` must not get PNG bytes under a .jpg name."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: cannot write a .{suffix} image; name it .png, .pdf, .svg or .jpg")
+    return IMAGE_FORMATS[suffix]
+
+
 def save_figure(fig: "plt.Figure", path: str | Path) -> Path:
+    """Write ``fig`` atomically in the format its name asks for (``image_format``)."""
     path = Path(path)
+    fmt = image_format(path)
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -271,6 +271,15 @@ def test_plot_of_non_audio_and_unscanned_files(tiny_checkpoint, tmp_path):
     copy = write_wav(tmp_path / "copies" / "a.wav")
     good = invoke("plot", out, copy, "-o", tmp_path / "p.png")
     assert good.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 0
+    # the image is in the format its name asks for, not PNG bytes under any name
+    magic = {"jpg": b"\xff\xd8\xff", "pdf": b"%PDF", "svg": b"<?xml"}
+    for suffix, head in magic.items():
+        result = invoke("plot", out, copy, "-o", tmp_path / f"p.{suffix}")
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / f"p.{suffix}").read_bytes().startswith(head)
+    wrong = invoke("plot", out, copy, "-o", tmp_path / "p.gif")
+    assert wrong.exit_code == EXIT_USAGE and "p.gif" in wrong.output and ".png" in wrong.output
+    assert not (tmp_path / "p.gif").exists()
 
 
 def test_year_9999_name_has_no_start_time(tiny_checkpoint, tmp_path):
