@@ -31,9 +31,18 @@ def _read_text(path: Path) -> tuple[str, str]:
     raise ValueError(f"{path}: cannot decode as any of {_ENCODINGS}")
 
 
-def table_lines(mask: "pd.Series", limit: int = 5) -> str:
-    """The file lines (header = line 1) of the rows where ``mask`` holds, for messages."""
-    lines = (np.flatnonzero(mask.to_numpy()) + 2).tolist()
+def file_lines(table: pd.DataFrame) -> np.ndarray:
+    """The line in its file (header = line 1) of each row of a table ``read_selection_table``
+    read; rows after a blank line are not at position + 2. Other frames: position + 2."""
+    lines = table.attrs.get("file_lines")
+    return np.asarray(lines) if lines is not None and len(lines) == len(table) else np.arange(2, len(table) + 2)
+
+
+def table_lines(mask: "pd.Series", limit: int = 5, lines: np.ndarray | None = None) -> str:
+    """The file lines of the rows where ``mask`` holds, for messages; ``lines`` is
+    ``file_lines(table)`` (default: position + 2, a file without blank lines)."""
+    where = np.flatnonzero(mask.to_numpy())
+    lines = (where + 2 if lines is None else np.asarray(lines)[where]).tolist()
     return ", ".join(map(str, lines[:limit])) + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
 
 
@@ -46,22 +55,30 @@ def check_times(table: pd.DataFrame, path: str | Path) -> None:
                        ((begin < 0) | (end < 0), "a time before 0 s"),
                        (end < begin, "an end before its begin")):
         if mask.any():
-            raise ValueError(f"{path}: {what} on line(s) {table_lines(mask)}")
+            raise ValueError(f"{path}: {what} on line(s) {table_lines(mask, lines=file_lines(table))}")
 
 
 def read_selection_table(path: str | Path) -> pd.DataFrame:
     """Read a selection table; "Begin Time (s)"/"End Time (s)" as float64 s, other columns as str.
 
     The separator (tab or comma) is taken from the header line; column names
-    are stripped of a BOM and whitespace. Empty cells are "" in str columns.
+    are stripped of a BOM and whitespace. Empty cells are "" in str columns. Blank lines (and
+    lines of separators only, as spreadsheets leave) are skipped; ``file_lines`` gives each
+    row's line in the file, so that messages name the line a person sees.
     """
     path = Path(path)
     header, encoding = _read_text(path)
     sep = "\t" if header.count("\t") >= header.count(",") else ","
     try:
-        table = pd.read_csv(path, sep=sep, dtype=str, encoding=encoding, keep_default_na=False)
+        table = pd.read_csv(path, sep=sep, dtype=str, encoding=encoding, keep_default_na=False,
+                            skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ValueError(f"{path}: not a selection table ({e})") from e
+    blank = (table.apply(lambda col: col.str.strip()) == "").all(axis=1).to_numpy() if len(table.columns) else \
+        np.zeros(len(table), dtype=bool)
+    lines = np.arange(2, len(table) + 2)[~blank]
+    table = table[~blank].reset_index(drop=True)
+    table.attrs["file_lines"] = lines
     table.columns = [str(c).replace("\ufeff", "").strip() for c in table.columns]
     missing = [c for c in (BEGIN_COLUMN, END_COLUMN) if c not in table.columns]
     if missing:
@@ -72,6 +89,6 @@ def read_selection_table(path: str | Path) -> pd.DataFrame:
         except ValueError as e:
             raise ValueError(f"{path}: column {col!r} has a non-numeric value ({e})") from e
         if table[col].isna().any():
-            rows = (table.index[table[col].isna()] + 2).tolist()  # 1-based, after the header line
+            rows = file_lines(table)[table[col].isna().to_numpy()].tolist()
             raise ValueError(f"{path}: column {col!r} is empty on line(s) {rows}")
     return table

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .fsutil import atomic_write, ensure_output_dir, printable, safe_relative, write_csv, write_json
-from .raven import read_selection_table
+from .raven import file_lines, read_selection_table
 from .writers import RAVEN_CHANNEL, RAVEN_HEADER, RAVEN_VIEW, model_species
 
 logger = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ def _row_names(table: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         if len(sel) and sel.str.fullmatch(r"[0-9]{1,9}").all():
             numbers = sel.astype(int).to_numpy()
             return numbers, [f"Selection {n}" for n in numbers]
-    numbers = np.arange(2, len(table) + 2)
+    numbers = file_lines(table)
     return numbers, [f"line {n}" for n in numbers]
 
 

@@ -58,3 +58,29 @@ def test_empty_time_cell(tmp_path: Path) -> None:
     path.write_text("Begin Time (s),End Time (s),Species\n1,2,a\n3,,b\n")
     with pytest.raises(ValueError, match=r"gap\.csv.*End Time.*line\(s\) \[3\]"):
         read_selection_table(path)
+
+
+def test_errors_name_the_line_a_person_sees_after_blank_lines(tmp_path: Path) -> None:
+    """A table edited by hand or saved by a spreadsheet has blank lines (or lines of tabs only);
+    they are skipped, and every error names the row's line in the file, not its position + 2."""
+    from primate_monitor.event_eval import read_truth
+    from primate_monitor.review import read_review_tables
+
+    path = tmp_path / "rec.truth.selections.txt"
+    path.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tSpecies\n"
+                    "1\t1\t2\tgibbon\n\n\t\t\t\n"  # lines 2, 3 (blank), 4 (tabs only)
+                    "2\t5\t4\tgibbon\n")  # line 5: reversed times
+    assert len(read_selection_table(path)) == 2
+    with pytest.raises(ValueError, match=r"end before its begin on line\(s\) 5$"):
+        read_truth(path)
+    path.write_text("Begin Time (s)\tEnd Time (s)\tSpecies\n1\t2\tgibbon\n\n3\t4\t \n")
+    with pytest.raises(ValueError, match=r"empty 'Species' on line\(s\) 4;"):
+        read_truth(path)
+    path.write_text("Begin Time (s),End Time (s),Species\n1,2,a\n\n3,,b\n")
+    with pytest.raises(ValueError, match=r"End Time.*line\(s\) \[4\]"):
+        read_selection_table(path)
+    review = tmp_path / "r.review.selections.txt"
+    review.write_text("Begin Time (s)\tEnd Time (s)\tSpecies\tScore\tVerdict\n"
+                      "1\t4\tgibbon\t0.7\tyes\n\n3\t6\tgibbon\t1.7\tno\n")
+    with pytest.raises(ValueError, match=r"line 4: Score '1.7'"):
+        read_review_tables([review])
