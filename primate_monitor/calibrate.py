@@ -63,6 +63,8 @@ SCORE_EPS = 1e-4  # scores are clipped to [eps, 1 - eps] before the logit
 C_LOGISTIC = 100.0  # weak L2 penalty: near the maximum-likelihood fit, yet finite when verdicts separate
 METHOD = ("logistic regression of correct on logit(score); threshold = lowest reviewed score at which the fitted "
           "precision of detections at or above it (weighted by sampling weight) reaches the target")
+SWITCH_OFF_METHOD = ("no verdict correct: switched off (threshold 1) because the 95 % upper bound on precision, "
+                     "1 - 0.05**(1/n), is below the target")
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,8 @@ def switched_off(species: str, scores: np.ndarray, yes: int, options: Calibratio
     if not options.switch_off or yes or n < options.min_each or precision_upper_bound(n) >= options.precision:
         return None
     bound = precision_upper_bound(n)
-    return {"threshold": OFF_THRESHOLD, "off": True, "precision_upper_95": round(bound, 4),
+    return {"method": SWITCH_OFF_METHOD, "threshold": OFF_THRESHOLD, "switched_off": True,
+            "precision_upper_95": round(bound, 4),
             "reason": f"{species}: none of {n} verdicts is correct (scores {scores.min():.2f}-{scores.max():.2f}), so its "
                       f"precision is below {bound:.2f} (95 % upper bound) at any threshold, under the target "
                       f"{options.precision}: switched off (threshold 1, never reported). If it does occur at this "
@@ -314,7 +317,7 @@ def plot_calibration(species: str, verdicts: pd.DataFrame, record: dict[str, Any
         ax.plot(grid, predict(grid, record["intercept"], record["slope_logit"]), color="C0", label="fitted P(correct | score)")
         t, prec = precision_above(s, predict(s, record["intercept"], record["slope_logit"]), verdicts["weight"].to_numpy(float))
         ax.step(t, prec, where="post", color="C1", ls="--", label="fitted precision at or above")
-    if record.get("off"):
+    if record.get("switched_off"):
         ax.axvline(OFF_THRESHOLD, color="C3", label="switched off (threshold 1)")
     elif record.get("threshold") is not None:
         ax.axvline(record["threshold"], color="C3", label=f"threshold {record['threshold']:.3f}")
@@ -325,7 +328,7 @@ def plot_calibration(species: str, verdicts: pd.DataFrame, record: dict[str, Any
     ax.set_ylabel("P(correct)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"{species}: {record['n']} verdicts, {record['positives']} correct"
-                 + (" (switched off)" if record.get("off") else "" if record.get("threshold") is not None
+                 + (" (switched off)" if record.get("switched_off") else "" if record.get("threshold") is not None
                     else " (no threshold)"))
     ax.legend(fontsize=7, loc="lower right")
     return save_figure(fig, path)

@@ -128,7 +128,7 @@ def calibrate(reviewed: tuple[Path, ...], out: Path, scan_dir: Path | None, trut
     except (*user_errors, OSError) as e:
         fail(e)
     for species, r in fitted.items():
-        if r.get("off"):
+        if r.get("switched_off"):
             click.echo(r["reason"])
         elif r.get("threshold") is None:
             click.echo(f"  {r['reason']}", err=True)
@@ -138,7 +138,7 @@ def calibrate(reviewed: tuple[Path, ...], out: Path, scan_dir: Path | None, trut
                        f"{r['positives']} correct; fitted precision {r['precision_fitted']:.3f}, loses "
                        f"{100 * r['lost_true_reviewed']:.0f} % of the reviewed true detections")
     got = sum(r.get("threshold") is not None for r in fitted.values())
-    off = sum(bool(r.get("off")) for r in fitted.values())
+    off = sum(bool(r.get("switched_off")) for r in fitted.values())
     click.echo(f"{got} of {len(fitted)} species got a threshold" + (f" ({off} switched off)" if off else "") + f" -> {out}")
 
 

@@ -73,12 +73,12 @@ def test_upper_bound_is_the_exact_binomial_one():
 
 def test_a_species_with_only_wrong_verdicts_is_switched_off():
     record = calibrate_species("titi_monkey", verdicts([0.55, 0.8, 0.97], [0, 0, 0]), CalibrationOptions())
-    assert record["threshold"] == 1.0 and record["off"] is True
+    assert record["threshold"] == 1.0 and record["switched_off"] is True
     assert record["precision_upper_95"] == pytest.approx(1 - 0.05 ** (1 / 3), abs=1e-4)
     assert "none of 3 verdicts is correct" in record["reason"] and "switched off" in record["reason"]
     # two wrong verdicts are below --min-each: the old message, no threshold
     two = calibrate_species("titi_monkey", verdicts([0.55, 0.97], [0, 0]), CalibrationOptions())
-    assert two["threshold"] is None and "more correct" in two["reason"] and "off" not in two
+    assert two["threshold"] is None and "more correct" in two["reason"] and "switched_off" not in two
     # --no-switch-off keeps the old rule
     kept = calibrate_species("titi_monkey", verdicts([0.55, 0.8, 0.97], [0, 0, 0]), CalibrationOptions(switch_off=False))
     assert kept["threshold"] is None and "3 more correct" in kept["reason"]
@@ -87,7 +87,7 @@ def test_a_species_with_only_wrong_verdicts_is_switched_off():
 def test_one_correct_verdict_keeps_a_species_on():
     # a reviewer saw it detected: never switched off, however many wrong verdicts there are
     record = calibrate_species("gibbon", verdicts(np.linspace(0.5, 0.99, 40), [1] + [0] * 39), CalibrationOptions())
-    assert record["threshold"] is None and "off" not in record and "2 more correct" in record["reason"]
+    assert record["threshold"] is None and "switched_off" not in record and "2 more correct" in record["reason"]
 
 
 def test_switch_off_needs_the_bound_below_the_target():
@@ -96,7 +96,7 @@ def test_switch_off_needs_the_bound_below_the_target():
     assert five["threshold"] is None
     fifteen = calibrate_species("gibbon", verdicts(np.linspace(0.5, 0.99, 15), [0] * 15),
                                 CalibrationOptions(precision=0.2))
-    assert fifteen["threshold"] == 1.0 and fifteen["off"]
+    assert fifteen["threshold"] == 1.0 and fifteen["switched_off"]
 
 
 def test_switched_off_species_is_written_and_never_detected(tmp_path):
@@ -138,7 +138,7 @@ def test_calibrate_and_detect_switch_off_an_absent_species_on_real_audio(tmp_pat
     assert result.exit_code == 0, result.output
     assert "howler_monkey: none of" in result.output and "switched off" in result.output
     doc = yaml.safe_load(thresholds.read_text())
-    assert doc["thresholds"]["howler_monkey"] == 1.0 and doc["fitted"]["howler_monkey"]["off"] is True
+    assert doc["thresholds"]["howler_monkey"] == 1.0 and doc["fitted"]["howler_monkey"]["switched_off"] is True
     redone = tmp_path / "redone"
     result = runner.invoke(main, ["-q", "detect", str(scan), "--thresholds-file", str(thresholds), "-o", str(redone)])
     assert result.exit_code == 0, result.output
