@@ -319,6 +319,8 @@ def plot_calibration(species: str, verdicts: pd.DataFrame, record: dict[str, Any
         ax.step(t, prec, where="post", color="C1", ls="--", label="fitted precision at or above")
     if record.get("switched_off"):
         ax.axvline(OFF_THRESHOLD, color="C3", label="switched off (threshold 1)")
+        ax.axhline(record["precision_upper_95"], color="C1", ls="--",
+                   label=f"95 % upper bound on precision ({record['precision_upper_95']:.2f})")
     elif record.get("threshold") is not None:
         ax.axvline(record["threshold"], color="C3", label=f"threshold {record['threshold']:.3f}")
         if "interval" in record and all(np.isfinite(record["interval"])):

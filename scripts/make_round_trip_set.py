@@ -16,7 +16,13 @@ that is the issue's case (122 false detections per hour). This copies:
 Use it only with a model that was not trained on those groups (make_demo_data.py
 --train-backgrounds forest). None of these files is in the bundled model's field set.
 
-    python scripts/make_round_trip_set.py --calibration DEMO_DATA/calibration -o SET
+``--only-species a,b`` keeps only the calibration recordings whose truth holds no other species
+(and those with no calls): a site where the model's other species do not live, the issue's
+Bornean case. The calibration recordings place the devel calls in pairs (chimpanzee with gibbon,
+howler with titi), so ``howler_monkey,titi_monkey`` gives a New World site and
+``chimpanzee,gibbon`` an Old World one.
+
+    python scripts/make_round_trip_set.py --calibration DEMO_DATA/calibration -o SET [--only-species a,b]
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_demo_data as mdd  # noqa: E402
 
+from primate_monitor.event_eval import read_truth  # noqa: E402
+
 msd = mdd.msd
 
 
@@ -36,13 +44,27 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
     ap.add_argument("--calibration", type=Path, required=True, help="make_demo_data's OUT/calibration")
     ap.add_argument("--groups", default="temperate,noise", help="train-role background groups to add")
+    ap.add_argument("--only-species", default=None,
+                    help="keep only calibration recordings whose truth species are among these (comma-separated)")
     ap.add_argument("-o", "--out", type=Path, required=True)
     args = ap.parse_args()
     if args.out.exists():
         raise SystemExit(f"error: {args.out} exists; give a new folder")
     args.out.mkdir(parents=True)
-    for path in sorted(args.calibration.iterdir()):
-        shutil.copy2(path, args.out / path.name)
+    allowed = set(args.only_species.split(",")) if args.only_species else None
+    dropped = 0
+    for table in sorted(args.calibration.glob("*.truth.selections.txt")):
+        stem = table.name.removesuffix(".truth.selections.txt")
+        recordings = [p for p in args.calibration.glob(f"{stem}.*") if p != table]
+        if len(recordings) != 1:
+            raise SystemExit(f"error: {table} has {len(recordings)} recordings beside it")
+        if allowed is not None and not set(read_truth(table)["species"]) <= allowed:
+            dropped += 1
+            continue
+        for path in (table, recordings[0]):
+            shutil.copy2(path, args.out / path.name)
+    if dropped:
+        print(f"left out {dropped} calibration recordings with species other than {sorted(allowed)}")
     train = mdd.resolve(args.shared, "train")
     added = 0
     for group in args.groups.split(","):
