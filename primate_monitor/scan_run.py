@@ -119,7 +119,7 @@ class ScanRun:
         """What determines the outputs; a resumed run must match it exactly. How the work is run
         (executor, cluster, pieces, threads) is not among them."""
         info = self.model.info
-        return {"inputs": self.inputs, "model": self.model.name, "model_path": str(self.model.path.resolve()),
+        return {"inputs": self.inputs, "model": self.model.name,  # the weights' digest, not where they lie
                 "classes": list(info.classes), "reject_class": info.reject_class,
                 "save_window_scores": self.save_windows, **self.config.parameters()}
 

@@ -37,6 +37,10 @@ TOP_OUTPUTS = ("detections.parquet", "windows.parquet", "failures.csv", "recordi
 OUTPUT_DIRS = ("raven", "plots")
 PER_RECORDING_WRITERS = ("raven",)  # tables written beside the Parquet for every recording
 _PARAMS, _PLAN, _EXTRA = "params.json", "plan.json", "extra_outputs.json"
+# Parameters older scans recorded that no longer decide a resume. ``model_path``: the model is
+# named by its weights' digest (``params["model"]``), so the same weights found at another path
+# (the bundled model after a reinstall into another environment, a moved run folder) resume.
+FORMER_PARAMS = ("model_path",)
 
 
 def now() -> str:
@@ -93,7 +97,7 @@ class ScanState:
         if replaced:
             self.clear()
         if self.exists():
-            saved = self.params()
+            saved = {k: v for k, v in self.params().items() if k not in FORMER_PARAMS}
             if saved != params:
                 if not self.keys():  # nothing committed yet: nothing to protect
                     logger.info("%s: replacing the parameters of a scan that committed nothing", self.out)
@@ -103,6 +107,8 @@ class ScanState:
                 raise ScanError(f"{self.out} holds a scan made with different parameters (differs: {', '.join(diff)}); "
                                 "rerun with the same options to resume, or pass --overwrite to replace that scan's "
                                 "files (only files primate-monitor wrote are deleted)")
+            if self.meta().get("model") != model:  # the same weights, found at another path (a reinstall)
+                _write_json(self.dir / _PARAMS, self.meta() | {"model": model})
             return
         foreign = self.foreign_outputs()
         if foreign and replaced:  # this scan's own files are gone; the rest is someone's and stays where it is

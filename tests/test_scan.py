@@ -485,6 +485,43 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_checkpoint, tmp_path):
     assert read_parquet(out / "detections.parquet").attrs["primate_monitor"]["threshold"] == 0.9
 
 
+def test_resume_with_the_same_weights_at_another_path(tiny_checkpoint, tmp_path):
+    """A scan resumes when its model's weights are found at another path (the bundled model after
+    a reinstall into another environment, a moved run folder): the model is named by its weights'
+    digest. Other weights are still refused, and so is nothing else that changed."""
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(RECORDING, root / "a_20240312_050000.wav")
+    out = tmp_path / "out"
+    assert invoke("-q", "scan", root, "--model", tiny_checkpoint, "-o", out).exit_code == 0
+    moved = tmp_path / "moved" / "model.safetensors"
+    moved.parent.mkdir()
+    shutil.copy(tiny_checkpoint, moved)
+    shutil.copy(Path(tiny_checkpoint).with_suffix(".json"), moved.with_suffix(".json"))
+    # a scan started before this change also recorded the model's path among its parameters
+    params = out / STATE_DIR / "params.json"
+    meta = json.loads(params.read_text())
+    meta["params"]["model_path"] = str(Path(tiny_checkpoint).resolve())
+    params.write_text(json.dumps(meta))
+    again = invoke("-q", "scan", root, "--model", moved, "-o", out)
+    assert again.exit_code == 0, again.output
+    assert "1 done earlier" in again.output
+    assert json.loads(params.read_text())["model"]["path"] == str(moved.resolve())  # where it now lies
+
+    other = tmp_path / "other" / "model.safetensors"
+    other.parent.mkdir()
+    from safetensors.torch import load_file
+
+    from primate_monitor.checkpoint import ModelInfo, read_metadata, save_checkpoint
+
+    tensors = load_file(str(tiny_checkpoint))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0  # other weights, same architecture and classes
+    save_checkpoint(other, tensors, ModelInfo.from_dict(read_metadata(tiny_checkpoint), str(tiny_checkpoint)))
+    refused = invoke("-q", "scan", root, "--model", other, "-o", out)
+    assert refused.exit_code == EXIT_USAGE and "different parameters" in refused.output and "model" in refused.output
+
+
 # --- library API and console --------------------------------------------------------------
 
 
