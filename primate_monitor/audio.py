@@ -116,6 +116,9 @@ class AudioInfo:
     comment: str | None  # e.g. AudioMoth's "Recorded at ... (UTC) by AudioMoth ..."
     truncated: bool = False  # cut short: the header promises more data than the file holds, or an Ogg lacks its end
     unread_bytes: int = 0  # a WAV's bytes beyond its declared audio, when over UNREAD_BYTES_LIMIT (see _unread_bytes)
+    # seconds of an MP3's frames beyond what libsndfile decodes (a VBR MP3 without a Xing header;
+    # mp3_length), when over SHORTFALL_SECONDS; only probe and stream_audio look
+    unread_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
@@ -160,7 +163,9 @@ def _open(path: str | Path) -> sf.SoundFile:
         raise AudioReadError(p, "not_audio", f"libsndfile cannot parse it ({e})") from e
 
 
-def _info(f: sf.SoundFile, path: str | Path) -> AudioInfo:
+def _info(f: sf.SoundFile, path: str | Path, whole_file: bool = True) -> AudioInfo:
+    """The header's view of an open file. ``whole_file``: also count an MP3's frames
+    (``_unread_seconds``), which reads the file once; a caller reading a short segment skips it."""
     info = AudioInfo(
         path=str(path),
         sample_rate=int(f.samplerate),
@@ -172,10 +177,28 @@ def _info(f: sf.SoundFile, path: str | Path) -> AudioInfo:
         comment=f.comment or None,
         truncated=bool(_TRUNCATED_RE.search(f.extra_info)),
         unread_bytes=_unread_bytes(f, path),
+        unread_seconds=_unread_seconds(f, path) if whole_file else 0.0,
     )
     if info.frames == 0:
         raise AudioReadError(path, "no_samples", "header is valid but holds 0 frames")
     return info
+
+
+def _unread_seconds(f: sf.SoundFile, path: str | Path) -> float:
+    """Seconds of an MP3 that libsndfile will not decode, if more than SHORTFALL_SECONDS, else 0.
+
+    Why: without a Xing/Info/VBRI header, libsndfile estimates an MP3's length from its first
+    frame's bitrate and decodes no further; for a variable-bitrate file that can be less than
+    half of it, silently. Counting the frames (mp3_length) lets the scan say so."""
+    if f.format != "MP3":
+        return 0.0
+    from .mp3_length import unread_seconds
+
+    try:
+        extra = unread_seconds(path, f.frames / f.samplerate)
+    except OSError:
+        return 0.0
+    return extra if extra > SHORTFALL_SECONDS else 0.0
 
 
 def _unread_bytes(f: sf.SoundFile, path: str | Path) -> int:
@@ -204,10 +227,20 @@ def probe(path: str | Path) -> AudioInfo:
         return _info(f, path)
 
 
-def _warn_if_truncated(f: sf.SoundFile, path: str | Path) -> None:
-    if _info(f, path).truncated:
+def _warn_if_truncated(info: AudioInfo, path: str | Path) -> None:
+    if info.truncated:
         logger.warning("%s: truncated file (cut short before the end it declares); reading the %d frames present",
-                       path, f.frames)
+                       path, info.frames)
+    if info.unread_seconds:
+        logger.warning("%s: %s", path, unread_tail_message(info))
+
+
+def unread_tail_message(info: AudioInfo) -> str:
+    """What to tell a user about an MP3 libsndfile decodes only in part."""
+    return (f"libsndfile decodes only the first {info.duration_s:.3f} s of the "
+            f"{info.duration_s + info.unread_seconds:.3f} s this MP3 holds (a variable-bitrate MP3 without a Xing "
+            "header, whose length libsndfile estimates from its first frame), so only those are read; convert it "
+            "to FLAC or WAV (for example ffmpeg -i in.mp3 out.flac) to scan all of it")
 
 
 def _check_rate_and_channel(path: str | Path, sample_rate: int, channel: int | None, channels: int) -> None:
@@ -254,10 +287,10 @@ def load_audio(
     stream_audio for long recordings.
     """
     with _open(path) as f:
-        info = _info(f, path)
+        info = _info(f, path, whole_file=False)  # a segment: counting an MP3's frames would read all of it
         _check_rate_and_channel(path, sample_rate, channel, info.channels)
         first, stop = _segment_frames(path, start_s, end_s, info)
-        _warn_if_truncated(f, path)
+        _warn_if_truncated(info, path)
         try:
             f.seek(first)
             data = f.read(stop - first, dtype="float32", always_2d=True)  # (frames, channels)
@@ -288,7 +321,7 @@ def stream_audio(
     with _open(path) as f:
         info = _info(f, path)
         _check_rate_and_channel(path, sample_rate, channel, info.channels)
-        _warn_if_truncated(f, path)
+        _warn_if_truncated(info, path)
         source = read_mono_blocks(f, path, info, channel, block_seconds)
         if info.sample_rate == sample_rate:
             yield from source

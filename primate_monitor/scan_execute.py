@@ -39,7 +39,7 @@ from typing import Any, Protocol, Union
 import numpy as np
 import pandas as pd
 
-from .audio import AudioReadError, audio_error_from_message, probe
+from .audio import AudioReadError, audio_error_from_message, probe, unread_tail_message
 from .checkpoint import LoadedModel
 from .inference import make_scorer
 from .scan_plan import Recording
@@ -173,11 +173,15 @@ def recording_record(rec: Recording, scores: RecordingScores | None, error: Audi
         kind, message = "oversize", (f"{rec.display_path}: the file holds {info.unread_bytes / 2**20:.0f} MiB more than its "
                                      f"WAV header declares (a WAV cannot describe more than 4 GiB), so only the first "
                                      f"{scores.duration_s:.3f} s were scanned; convert it to RF64, W64 or FLAC and scan again")
+    elif info.unread_seconds:
+        kind, message = "unread_tail", f"{rec.display_path}: {unread_tail_message(info)}"
     note = ""
     if truncated:
         note = f"truncated file: scanned the {scores.duration_s:.3f} s present"
     elif info.unread_bytes:
         note = f"oversize WAV: scanned the {scores.duration_s:.3f} s its header declares"
+    elif info.unread_seconds:
+        note = f"VBR MP3 without a Xing header: scanned the {scores.duration_s:.3f} s libsndfile decodes"
     return record | {
         "status": "partial" if kind else "ok", "error_kind": kind, "error": message, "note": note,
         "duration_s": scores.duration_s, "sample_rate": info.sample_rate, "channels": info.channels,
