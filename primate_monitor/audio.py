@@ -218,6 +218,13 @@ def _unread_bytes(f: sf.SoundFile, path: str | Path) -> int:
     return extra if extra > UNREAD_BYTES_LIMIT else 0
 
 
+def sample_rate_of(path: str | Path) -> int:
+    """The sample rate in the header: what a caller cutting a short clip needs, without probe's
+    look at the whole file (an MP3's frames)."""
+    with _open(path) as f:
+        return int(f.samplerate)
+
+
 def probe(path: str | Path) -> AudioInfo:
     """Read the header of ``path``; raises AudioReadError if it cannot be scanned.
 

@@ -30,9 +30,10 @@ Too few verdicts (fewer than ``min_verdicts``, or fewer than ``min_each`` correc
 give no threshold and a message saying how many more are needed: never a silent guess.
 
 **A species none of whose verdicts is correct is switched off** (threshold 1, which
-``events.passing`` never passes), when there are at least ``min_each`` verdicts and even the
-one-sided 95 % upper bound on its precision, 1 - 0.05**(1/n) for 0 correct of n, is below the
-target. Why: a species that does not live at the site (the issue's Bornean test: titi, howler
+``events.passing`` never passes), when the verdicts include its k highest-scoring detections in
+the review, k the fewest (at least ``min_each``) for which the one-sided 95 % upper bound on
+precision with 0 correct of k, 1 - 0.05**(1/k), is below the target: at any threshold that
+keeps k or more reviewed detections, precision is then below the target. Why: a species that does not live at the site (the issue's Bornean test: titi, howler
 and chimpanzee made 41 of 65 false detections) can never get the correct verdicts a fit needs,
 so "review 3 more correct" would be advice nobody can follow, while the evidence already rules
 out the target precision at every threshold. A species with even one correct verdict is never
@@ -63,8 +64,9 @@ SCORE_EPS = 1e-4  # scores are clipped to [eps, 1 - eps] before the logit
 C_LOGISTIC = 100.0  # weak L2 penalty: near the maximum-likelihood fit, yet finite when verdicts separate
 METHOD = ("logistic regression of correct on logit(score); threshold = lowest reviewed score at which the fitted "
           "precision of detections at or above it (weighted by sampling weight) reaches the target")
-SWITCH_OFF_METHOD = ("no verdict correct: switched off (threshold 1) because the 95 % upper bound on precision, "
-                     "1 - 0.05**(1/n), is below the target")
+SWITCH_OFF_METHOD = ("no verdict correct, the k highest-scoring detections in the review included: switched off "
+                     "(threshold 1), since at any threshold keeping k or more of them the 95 % upper bound on precision, "
+                     "1 - 0.05**(1/k), is below the target")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,12 @@ def verdicts_from_tables(paths: list[str | Path], classes: list[str] | None = No
     if len(reviewed) < len(rows):
         logger.info("%d of %d rows have no verdict yet and are left out", len(rows) - len(reviewed), len(rows))
     reviewed["correct"] = reviewed["label"] == reviewed["species"]
+    # per species, how many of its highest-scoring rows in the tables carry a verdict, counted
+    # from the top down to the first without one (switched_off needs the top ones reviewed)
+    top = {sp: int(np.argmin(np.append(g.sort_values("score", ascending=False, kind="mergesort")["label"].notna()
+                                                 .to_numpy(), False)))
+           for sp, g in rows.groupby("species")}
+    reviewed["top_reviewed"] = reviewed["species"].map(top).astype(int)
     return reviewed.reset_index(drop=True)
 
 
@@ -169,6 +177,12 @@ def precision_above(scores: np.ndarray, values: np.ndarray, weights: np.ndarray)
     return t, cum_v[k - 1] / cum_w[k - 1]
 
 
+def _fitted(score: float) -> float:
+    """A reviewed score as a threshold: rounded down to 4 decimals, and below 1, which means
+    "off" (events.passing): a threshold fitted at a saturated score of 1.0 must still report it."""
+    return min(math.floor(score * 1e4) / 1e4, OFF_THRESHOLD - 1e-4)
+
+
 def threshold_for(scores: np.ndarray, correct: np.ndarray, weights: np.ndarray, target: float) -> tuple[float | None, float, float, float]:
     """(threshold or None, intercept, slope, fitted precision at it) for one set of verdicts."""
     intercept, slope = fit_curve(scores, correct)
@@ -178,7 +192,7 @@ def threshold_for(scores: np.ndarray, correct: np.ndarray, weights: np.ndarray, 
     ok = np.flatnonzero(prec >= target)
     if ok.size == 0:
         return None, intercept, slope, float(prec.max())
-    return math.floor(float(t[ok[0]]) * 1e4) / 1e4, intercept, slope, float(prec[ok[0]])
+    return _fitted(float(t[ok[0]])), intercept, slope, float(prec[ok[0]])
 
 
 def need_message(species: str, n: int, yes: int, no: int, options: CalibrationOptions) -> str | None:
@@ -202,17 +216,35 @@ def precision_upper_bound(n_wrong: int) -> float:
     return 1.0 - 0.05 ** (1.0 / n_wrong)
 
 
-def switched_off(species: str, scores: np.ndarray, yes: int, options: CalibrationOptions) -> dict[str, Any] | None:
-    """The record of a species switched off (threshold 1), or None when the rule does not apply:
-    no verdict correct, at least ``min_each`` verdicts, and the precision bound below the target."""
-    n = len(scores)
-    if not options.switch_off or yes or n < options.min_each or precision_upper_bound(n) >= options.precision:
+def wrong_needed(options: CalibrationOptions) -> int:
+    """How many of a species' highest-scoring detections must all be wrong to switch it off: the
+    fewest k >= ``min_each`` whose bound, precision_upper_bound(k), is below the target."""
+    k = options.min_each
+    while precision_upper_bound(k) >= options.precision:
+        k += 1
+    return k
+
+
+def switched_off(species: str, scores: np.ndarray, yes: int, top_reviewed: int,
+                 options: CalibrationOptions) -> dict[str, Any] | None:
+    """The record of a species switched off (threshold 1), or None when the rule does not apply.
+
+    The rule: no verdict is correct, and the verdicts include the species' k highest-scoring
+    detections in the review (``top_reviewed`` >= k = ``wrong_needed``). Then every threshold
+    that keeps k or more of the reviewed detections keeps only wrong ones, so its precision is
+    below precision_upper_bound(k) (95 %), under the target. Why the highest-scoring ones: wrong
+    verdicts on low scores alone say nothing about the detections a higher threshold would keep
+    (a reviewer who filled in only a table's first rows, sorted by score, saw those)."""
+    k = wrong_needed(options)
+    if not options.switch_off or yes or top_reviewed < k:
         return None
-    bound = precision_upper_bound(n)
+    bound = precision_upper_bound(k)
+    n = len(scores)
     return {"method": SWITCH_OFF_METHOD, "threshold": OFF_THRESHOLD, "switched_off": True,
-            "precision_upper_95": round(bound, 4),
-            "reason": f"{species}: none of {n} verdicts is correct (scores {scores.min():.2f}-{scores.max():.2f}), so its "
-                      f"precision is below {bound:.2f} (95 % upper bound) at any threshold, under the target "
+            "precision_upper_95": round(bound, 4), "highest_reviewed": int(top_reviewed),
+            "reason": f"{species}: none of {n} verdicts is correct, its {top_reviewed} highest-scoring detections in the "
+                      f"review included (scores {scores.min():.2f}-{scores.max():.2f}): at any threshold that keeps {k} "
+                      f"or more of them its precision is below {bound:.2f} (95 % upper bound), under the target "
                       f"{options.precision}: switched off (threshold 1, never reported). If it does occur at this "
                       "site, review more of its detections, or delete its line under 'thresholds:'"}
 
@@ -227,11 +259,15 @@ def calibrate_species(species: str, verdicts: pd.DataFrame, options: Calibration
     n, yes = len(y), int(y.sum())
     record: dict[str, Any] = {"n": n, "positives": yes, "negatives": n - yes, "method": METHOD,
                               "target_precision": options.precision}
-    off = switched_off(species, s, yes, options)
+    top = int(verdicts["top_reviewed"].iloc[0]) if "top_reviewed" in verdicts.columns else n
+    off = switched_off(species, s, yes, top, options)
     if off:
         return record | off
     reason = need_message(species, n, yes, n - yes, options)
     if reason:
+        if options.switch_off and not yes:
+            reason += (f"; if it does not occur at this site, fill in the verdicts of its {wrong_needed(options)} "
+                       "highest-scoring detections: if all are wrong, it is switched off")
         return record | {"threshold": None, "reason": reason}
     t, intercept, slope, fitted_prec = threshold_for(s, y, w, options.precision)
     record |= {"intercept": round(intercept, 6), "slope_logit": round(slope, 6)}
@@ -254,7 +290,7 @@ def calibrate_species(species: str, verdicts: pd.DataFrame, options: Calibration
                 unreachable += 1
                 continue
             if y[idx].all():  # all correct: no curve to fit; every threshold reaches the target
-                found.append(math.floor(float(s[idx].min()) * 1e4) / 1e4)
+                found.append(_fitted(float(s[idx].min())))
                 continue
             tb = threshold_for(s[idx], y[idx], w[idx], options.precision)[0]
             if tb is None:

@@ -299,7 +299,7 @@ def detect(scan_dir: Path, thresholds: tuple[str, ...], thresholds_file: Path | 
 @main.command()
 @click.argument("detections", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
-@click.option("--min-score", default=0.0, show_default=True, help="Keep events with a peak score at least this.")
+@click.option("--min-score", default=0.0, show_default=True, help="Keep events with a peak score at least this (1: none).")
 @click.option("--classes", default=None, help="Comma-separated species to keep.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace files of the same names in OUT (refused otherwise).")

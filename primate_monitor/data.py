@@ -27,7 +27,7 @@ import pandas as pd
 from .audio import AudioReadError, find_audio_files, probe
 from .config import TrainConfig
 from .fsutil import from_printable, printable
-from .raven import read_selection_table
+from .raven import file_lines, read_selection_table
 
 logger = logging.getLogger(__name__)
 
@@ -250,11 +250,12 @@ def _selection_clips(audio: Path, table: pd.DataFrame, config: TrainConfig, tabl
     if config.raven_label_column not in table.columns:
         raise DataError(f"{table_path}: no label column {config.raven_label_column!r}; columns are {list(table.columns)} (set raven_label_column)")
     clips = []
-    for row, (begin, end, label) in enumerate(zip(table["Begin Time (s)"], table["End Time (s)"], table[config.raven_label_column]), start=1):
+    for row, begin, end, label in zip(file_lines(table), table["Begin Time (s)"], table["End Time (s)"],
+                                      table[config.raven_label_column]):
         label = str(label).strip()
         if not label or label.lower() == "nan" or end <= begin:
             raise DataError(f"{table_path}: selection {begin:.3f}-{end:.3f} s has no label or no duration")
-        check_label(label, f"{table_path}, row {row} (selection {begin:.3f}-{end:.3f} s, column {config.raven_label_column!r})")
+        check_label(label, f"{table_path}, line {row} (selection {begin:.3f}-{end:.3f} s, column {config.raven_label_column!r})")
         # a selection shorter than a clip gets a clip centred on it
         pad = max(0.0, (config.clip_seconds - (end - begin)) / 2)
         clips.append(Clip(audio, label, max(0.0, begin - pad), end + pad))

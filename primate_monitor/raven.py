@@ -78,7 +78,7 @@ def read_selection_table(path: str | Path) -> pd.DataFrame:
         np.zeros(len(table), dtype=bool)
     lines = np.arange(2, len(table) + 2)[~blank]
     table = table[~blank].reset_index(drop=True)
-    table.attrs["file_lines"] = lines
+    table.attrs["file_lines"] = tuple(int(n) for n in lines)  # a tuple: pandas compares attrs (merge)
     table.columns = [str(c).replace("\ufeff", "").strip() for c in table.columns]
     missing = [c for c in (BEGIN_COLUMN, END_COLUMN) if c not in table.columns]
     if missing:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .data import DataError
-from .events import EventOptions, validate_options
+from .events import EventOptions, passing, validate_options
 from .fsutil import OutputDirError, ensure_output_dir
 from .scan_plan import Recording, ScanError
 from .scan_run import finalize, recording_pairs
@@ -135,7 +135,7 @@ def export(detections: str | Path, fmt: str, dest: str | Path, min_score: float 
         if unknown:
             raise ValueError(f"--classes: unknown species {unknown}; {detections} knows {sorted(known)}")
         events = events[events["species"].isin(classes)]
-    events = events[events["peak_score"] >= min_score].reset_index(drop=True)
+    events = events[passing(events["peak_score"].to_numpy(float), min_score)].reset_index(drop=True)
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
     writer = get_writer(fmt)()

@@ -254,10 +254,10 @@ def review_scan(scan_dir: str | Path, out: str | Path, options: ReviewOptions | 
 
 def _clip_audio(path: Path, begin_s: float, end_s: float, context_s: float) -> tuple[np.ndarray, int, float] | None:
     """(mono samples at the file's own rate, rate, s from clip start to the detection), or None."""
-    from .audio import AudioReadError, load_audio, probe
+    from .audio import AudioReadError, load_audio, sample_rate_of
 
     try:
-        sr = probe(path).sample_rate
+        sr = sample_rate_of(path)
         start = max(0.0, begin_s - context_s)
         stop = min(end_s, begin_s + MAX_CLIP_S) + context_s
         samples = load_audio(path, sr, start_s=start, end_s=stop)

@@ -58,11 +58,14 @@ def verdict(begin: float, end: float, species: str, truth: pd.DataFrame) -> str:
     return hits[0].species if hits else "no"
 
 
-def fill_verdicts(review_dir: Path, truth_tables: dict[str, Path], only: set[str] | None = None) -> dict[str, int]:
+def fill_verdicts(review_dir: Path, truth_tables: dict[str, Path], only: set[str] | None = None
+                  ) -> tuple[dict[str, int], list[Path]]:
     """Write a verdict into every row of every review table (atomically, as Raven would save);
     ``truth_tables`` maps a recording's stem to its truth table. With ``only``, just the tables of
-    recordings with those stems (the others stay unreviewed)."""
+    recordings with those stems (the others stay unreviewed). Returns the verdict counts and the
+    tables filled in."""
     counts: dict[str, int] = {}
+    filled: list[Path] = []
     for path in sorted((review_dir / "raven").rglob("*.selections.txt")):
         table = read_selection_table(path)
         recording = Path(str(table["Begin Path"].iloc[0]).strip())
@@ -84,7 +87,8 @@ def fill_verdicts(review_dir: Path, truth_tables: dict[str, Path], only: set[str
             out.append("\t".join(cells))
         with atomic_write(path) as tmp:
             tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
-    return counts
+        filled.append(path)
+    return counts, filled
 
 
 def fit_half(stems: list[str]) -> set[str]:
@@ -138,9 +142,12 @@ def main() -> None:
 
     review = work / "review"
     cli("review", str(scan), "-o", str(review), "--no-sheets", "--overwrite", *(["--all"] if args.all else []))
-    counts = fill_verdicts(review, truth, fit if args.holdout else None)
+    counts, filled = fill_verdicts(review, truth, fit if args.holdout else None)
     thresholds = work / "thresholds.yaml"
-    cli("calibrate", str(review / "raven"), "-o", str(thresholds), "--precision", str(args.precision),
+    # with --holdout, calibrate sees only the reviewed half's tables, as if the user had reviewed
+    # those recordings alone (the judged half's rows would otherwise stand as unreviewed rows)
+    reviewed = [str(t) for t in filled] if args.holdout else [str(review / "raven")]
+    cli("calibrate", *reviewed, "-o", str(thresholds), "--precision", str(args.precision),
         "--plots", str(work / "calibration"))
     cli("detect", str(scan), "--thresholds-file", str(thresholds), "-o", str(work / "detect"))
     before = evaluate(scan, judge, work / "before.json")

@@ -99,6 +99,39 @@ def test_switch_off_needs_the_bound_below_the_target():
     assert fifteen["threshold"] == 1.0 and fifteen["switched_off"]
 
 
+def test_switch_off_needs_the_highest_scoring_detections_reviewed(tmp_path):
+    """Wrong verdicts on low scores alone say nothing about what a higher threshold keeps: a
+    species is switched off only when its highest-scoring detections in the review are wrong too."""
+    from primate_monitor.calibrate import verdicts_from_tables
+
+    table = tmp_path / "rec.review.selections.txt"
+    scores = [0.52, 0.55, 0.6, 0.7, 0.85, 0.97]
+
+    def fill(verdicts):
+        rows = [f"{i}\t{i * 5}\t{i * 5 + 3}\tgibbon\t{sc}\t1\t{v}" for i, (sc, v) in enumerate(zip(scores, verdicts), 1)]
+        table.write_text("Selection\tBegin Time (s)\tEnd Time (s)\tSpecies\tScore\tSample Weight\tVerdict\n"
+                         + "\n".join(rows) + "\n")
+        return calibrate_species("gibbon", verdicts_from_tables([table]), CalibrationOptions())
+
+    low_only = fill(["no", "no", "no", "", "", ""])  # the table's first rows, as a hurried reviewer leaves it
+    assert low_only["threshold"] is None and "switched_off" not in low_only
+    assert "3 highest-scoring detections" in low_only["reason"]
+    top_only = fill(["", "", "", "no", "no", "no"])
+    assert top_only["threshold"] == 1.0 and top_only["switched_off"] and top_only["highest_reviewed"] == 3
+    assert "at any threshold that keeps 3 or more" in top_only["reason"]
+
+
+def test_a_fitted_threshold_stays_below_one_and_reports_saturated_scores():
+    # the correct detections all score a saturated 1.0: the fit may land on 1.0, which means "off";
+    # the threshold must stay just below, so that those detections are still reported
+    data = verdicts(np.r_[np.linspace(0.3, 0.99, 10), [0.999] * 10, [1.0] * 10], [0] * 20 + [1] * 10)
+    record = calibrate_species("gibbon", data, CalibrationOptions(bootstrap=20))
+    assert record["threshold"] is not None and record["threshold"] < 1.0 and "switched_off" not in record
+    from primate_monitor.events import passing
+
+    assert passing(np.array([1.0], dtype=np.float32), record["threshold"]).all()
+
+
 def test_switched_off_species_is_written_and_never_detected(tmp_path):
     data = pd.concat([synthetic(300, -1.0, 2.0).assign(species="gibbon"),
                       verdicts([0.6, 0.9, 0.99, 0.7], [0, 0, 0, 0], species="chimpanzee")], ignore_index=True)

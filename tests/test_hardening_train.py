@@ -192,7 +192,7 @@ def test_raven_label_with_a_control_character_is_refused(tmp_path):
     table = raven_table(data / "rec1.Table.1.selections.txt", [(0.5, 1.5, "gibbon"), (3.0, 4.0, "chimp\x1b")])
     with pytest.raises(DataError) as err:
         load_splits(data, TrainConfig(clip_seconds=1.0))
-    assert str(table) in str(err.value) and "row 2" in str(err.value) and repr("chimp\x1b") in str(err.value)
+    assert str(table) in str(err.value) and "line 3" in str(err.value) and repr("chimp\x1b") in str(err.value)
 
 
 # ---- item 22: label rows that point outside DATA --------------------------------------------------

@@ -34,21 +34,31 @@ def test_frame_at_by_hand():
 HEADERS = [b"\xff\xfb\x90\x64", b"\xff\xfb\x92\x64", b"\xff\xf3\x88\xc4", b"\xff\xfd\x10\x00"]
 
 
+_JUNK = st.binary(max_size=40).map(lambda b: b.replace(b"\xff", b"\x00"))  # no sync byte in it
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(HEADERS[:2]), st.binary(max_size=40).map(lambda b: b.replace(b"\xff", b"\x00"))),
-                min_size=1, max_size=30),
-       st.binary(max_size=64).map(lambda b: b.replace(b"\xff", b"\x01")))
-def test_walk_counts_every_frame_between_junk(frames, lead):
-    """Frames (zero bodies) with junk before and between them that holds no sync byte: the walk
-    finds each frame, whatever lies between, and counts its samples. (The first frame must be
-    followed by a frame, or it is taken for a false sync: the junk after it is left out.)"""
+@given(st.lists(st.tuples(st.lists(st.sampled_from(HEADERS), min_size=2, max_size=6), _JUNK), min_size=1, max_size=8),
+       _JUNK)
+def test_walk_counts_every_frame_between_junk(runs, lead):
+    """Runs of frames (zero bodies) with junk before and between them: the walk finds every frame
+    and counts its samples. (After junk, a header counts only when another frame follows it, as
+    in any real stream, so each run holds at least two frames.)"""
     data, expected = bytearray(lead), 0
-    frames = [(frames[0][0], b"")] + frames[1:]
-    for header, junk in frames:
-        length, samples, _ = frame_at(header, 0)
-        data += header + bytes(length - 4) + junk
-        expected += samples
+    for headers, junk in runs:
+        for header in headers:
+            length, samples, _ = frame_at(header, 0)
+            data += header + bytes(length - 4)
+            expected += samples
+        data += junk
     assert walk(bytes(data))[0] == expected
+
+
+def test_a_lone_header_in_junk_is_not_a_frame():
+    length = frame_at(HEADERS[0], 0)[0]
+    frames = (HEADERS[0] + bytes(length - 4)) * 3
+    stray = b"\x01" * 50 + HEADERS[0] + b"\x02" * 600  # a header with no frame after it: a false sync
+    assert walk(frames + stray + frames)[0] == 6 * 1152
 
 
 @settings(max_examples=100, deadline=None)

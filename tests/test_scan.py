@@ -230,6 +230,22 @@ def test_detect_higher_threshold_fewer_windows(scan_all, mixed_threshold, tmp_pa
     assert (high["peak_score"] >= mixed_threshold).all()
 
 
+def test_export_min_score_one_keeps_nothing_even_saturated(scan_mixed, tmp_path):
+    """--min-score 1 means "none", as a threshold of 1 does everywhere (events.passing): a
+    saturated peak score of 1.0 is not kept."""
+    from primate_monitor.redetect import export as run_export
+    from primate_monitor.writers import write_parquet
+
+    events = read_parquet(scan_mixed / "detections.parquet")
+    events.loc[events.index[0], "peak_score"] = 1.0
+    saturated = tmp_path / "detections.parquet"
+    write_parquet(events, saturated, events.attrs.get("primate_monitor"))
+    run_export(saturated, "csv", tmp_path / "none", min_score=1.0)
+    assert len(pd.read_csv(tmp_path / "none" / "events.csv")) == 0
+    run_export(saturated, "csv", tmp_path / "all", min_score=0.0)
+    assert len(pd.read_csv(tmp_path / "all" / "events.csv")) == len(events)
+
+
 def test_detect_without_window_scores_fails(scan_mixed, tmp_path):
     result = invoke("detect", scan_mixed, "--threshold", "0.5", "-o", tmp_path / "d")
     assert result.exit_code == EXIT_USAGE
