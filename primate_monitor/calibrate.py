@@ -33,10 +33,11 @@ give no threshold and a message saying how many more are needed: never a silent 
 ``events.passing`` never passes), when the verdicts include its k highest-scoring detections in
 the review, k the fewest (at least ``min_each``) for which the one-sided 95 % upper bound on
 precision with 0 correct of k, 1 - 0.05**(1/k), is below the target: at any threshold that
-keeps k or more reviewed detections, precision is then below the target. Why: a species that does not live at the site (the issue's Bornean test: titi, howler
-and chimpanzee made 41 of 65 false detections) can never get the correct verdicts a fit needs,
-so "review 3 more correct" would be advice nobody can follow, while the evidence already rules
-out the target precision at every threshold. A species with even one correct verdict is never
+keeps k or more reviewed detections, precision is then below the target. Why: a species that
+does not live at the site (the issue's Bornean test: titi, howler and chimpanzee made 41 of 65
+false detections) can never get the correct verdicts a fit needs, so "review 3 more correct"
+would be advice nobody can follow, while the evidence already rules out the target precision
+at those thresholds. A species with even one correct verdict is never
 switched off: a reviewer saw it detected, and losing it is a decision for the user
 (``--classes``), not for a fit. ``switch_off=False`` (``--no-switch-off``) keeps the old rule.
 """

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .raven import check_times, file_lines, read_selection_table, table_lines as _lines
+from .raven import check_times, read_selection_table, table_lines as _lines
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def read_truth(path: str | Path, label_column: str = "Species") -> pd.DataFrame:
     check_times(table, path)
     species = table[label_column].astype(str).str.strip()
     if (species == "").any():
-        raise ValueError(f"{path}: empty {label_column!r} on line(s) {_lines(species == '', lines=file_lines(table))}; every truth "
+        raise ValueError(f"{path}: empty {label_column!r} on line(s) {_lines(species == '', table)}; every truth "
                          "selection needs a species (a recording with no calls is a table with no rows)")
     return pd.DataFrame({"begin_s": table["Begin Time (s)"], "end_s": table["End Time (s)"], "species": species})
 

@@ -91,6 +91,8 @@ def _is_tail_tag(reader: _Reader, pos: int) -> bool:
 
 
 def _walk(fh, size: int, stop_at_tag: bool) -> tuple[int, int, bool]:
+    """``walk`` over an open file of ``size`` bytes. With ``stop_at_tag``, a file whose first frame
+    holds a Xing/Info/VBRI header is not walked (0 samples): libsndfile's length is then exact."""
     reader = _Reader(fh, size)
     pos = _id3v2_size(reader.window(0, 10)[0][:10])
     samples, rate, synced, first, has_tag, junk = 0, 0, False, True, False, 0
@@ -123,11 +125,10 @@ def _walk(fh, size: int, stop_at_tag: bool) -> tuple[int, int, bool]:
     return samples, rate, has_tag
 
 
-def walk(data: bytes, stop_at_tag: bool = False) -> tuple[int, int, bool]:
+def walk(data: bytes) -> tuple[int, int, bool]:
     """(samples per channel, sample rate, has a Xing/Info/VBRI header) of the MPEG audio in
-    ``data``; (0, 0, False) when no frame is found. With ``stop_at_tag``, a file with such a
-    header is not walked (its samples are reported as 0): libsndfile's length is then exact."""
-    return _walk(io.BytesIO(bytes(data)), len(data), stop_at_tag)
+    ``data``; (0, 0, False) when no frame is found."""
+    return _walk(io.BytesIO(bytes(data)), len(data), stop_at_tag=False)
 
 
 @functools.lru_cache(maxsize=256)

@@ -38,11 +38,9 @@ def file_lines(table: pd.DataFrame) -> np.ndarray:
     return np.asarray(lines) if lines is not None and len(lines) == len(table) else np.arange(2, len(table) + 2)
 
 
-def table_lines(mask: "pd.Series", limit: int = 5, lines: np.ndarray | None = None) -> str:
-    """The file lines of the rows where ``mask`` holds, for messages; ``lines`` is
-    ``file_lines(table)`` (default: position + 2, a file without blank lines)."""
-    where = np.flatnonzero(mask.to_numpy())
-    lines = (where + 2 if lines is None else np.asarray(lines)[where]).tolist()
+def table_lines(mask: "pd.Series", table: pd.DataFrame, limit: int = 5) -> str:
+    """The file lines (``file_lines``) of the rows of ``table`` where ``mask`` holds, for messages."""
+    lines = file_lines(table)[mask.to_numpy()].tolist()
     return ", ".join(map(str, lines[:limit])) + (f" and {len(lines) - limit} more" if len(lines) > limit else "")
 
 
@@ -55,7 +53,7 @@ def check_times(table: pd.DataFrame, path: str | Path) -> None:
                        ((begin < 0) | (end < 0), "a time before 0 s"),
                        (end < begin, "an end before its begin")):
         if mask.any():
-            raise ValueError(f"{path}: {what} on line(s) {table_lines(mask, lines=file_lines(table))}")
+            raise ValueError(f"{path}: {what} on line(s) {table_lines(mask, table)}")
 
 
 def read_selection_table(path: str | Path) -> pd.DataFrame:

@@ -97,7 +97,8 @@ class ScanState:
         if replaced:
             self.clear()
         if self.exists():
-            saved = {k: v for k, v in self.params().items() if k not in FORMER_PARAMS}
+            meta = self.meta()
+            saved = {k: v for k, v in meta["params"].items() if k not in FORMER_PARAMS}
             if saved != params:
                 if not self.keys():  # nothing committed yet: nothing to protect
                     logger.info("%s: replacing the parameters of a scan that committed nothing", self.out)
@@ -107,8 +108,8 @@ class ScanState:
                 raise ScanError(f"{self.out} holds a scan made with different parameters (differs: {', '.join(diff)}); "
                                 "rerun with the same options to resume, or pass --overwrite to replace that scan's "
                                 "files (only files primate-monitor wrote are deleted)")
-            if self.meta().get("model") != model:  # the same weights, found at another path (a reinstall)
-                _write_json(self.dir / _PARAMS, self.meta() | {"model": model})
+            if meta.get("model") != model:  # the same weights, found at another path (a reinstall)
+                _write_json(self.dir / _PARAMS, meta | {"model": model})
             return
         foreign = self.foreign_outputs()
         if foreign and replaced:  # this scan's own files are gone; the rest is someone's and stays where it is

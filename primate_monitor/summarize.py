@@ -205,9 +205,9 @@ def summarize(scan_dir: str | Path, options: SummaryOptions | None = None) -> Su
 
     # detections: passing the threshold, of a timed recording, placed in local time
     site_by_rec = dict(zip(timed["recording"], timed["site"]))
-    passed = np.zeros(len(events), dtype=bool)
+    peak, passed = events["peak_score"].to_numpy(float), np.zeros(len(events), dtype=bool)
     for sp, rows in events.groupby("species").indices.items():  # events.passing: a threshold of 1 is "off"
-        passed[rows] = passing(events["peak_score"].to_numpy(float)[rows], options.thresholds.get(sp, options.min_score))
+        passed[rows] = passing(peak[rows], options.thresholds.get(sp, options.min_score))
     kept = events[passed & events["species"].isin(species)]
     kept = kept[kept["recording"].isin(site_by_rec) & kept["begin_time"].notna()].copy()
     kept["site"] = kept["recording"].map(site_by_rec)
